@@ -1,0 +1,137 @@
+"""`suite run | list | show`: the command line. User errors print one line and exit 2."""
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from pathlib import Path
+from typing import Any
+
+from suite import registry
+from suite.config import BUDGETS, PRECISIONS, SOURCES, VARIANTS, build_config
+from suite.errors import UserError
+
+EXIT_USER, EXIT_RUN = 2, 1
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parser().parse_args(argv)
+    try:
+        registry.load_plugins()
+        return args.func(args)
+    except UserError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return EXIT_USER
+    except KeyboardInterrupt:
+        print("error: interrupted before training started; nothing was written", file=sys.stderr)
+        return 130
+
+
+def parser() -> argparse.ArgumentParser:
+    top = argparse.ArgumentParser(prog="suite", description="Benchmark recurrent sequence models.")
+    sub = top.add_subparsers(required=True, metavar="{run,list,show}")
+    run = sub.add_parser("run", help="train and evaluate one baseline on one task; write one JSON record")
+    run.add_argument("--task", required=True)
+    run.add_argument("--model", required=True)
+    run.add_argument("--source", default="real", choices=SOURCES,
+                     help="real data (downloaded once, checksummed) or the built-in synthetic source")
+    run.add_argument("--budget", default="small", choices=list(BUDGETS))
+    run.add_argument("--precision", default="fp32", choices=PRECISIONS)
+    run.add_argument("--seed", type=int, default=1)
+    run.add_argument("--device", default="auto", help="auto, cpu or cuda[:N]")
+    run.add_argument("--variant", default="dense", choices=VARIANTS)
+    run.add_argument("--parent", type=Path, help="dense parent record of a variant (default: same flags, dense)")
+    run.add_argument("--finetune-units", type=int, default=0, help="pruning variants: fine-tuning units")
+    run.add_argument("--set", action="append", default=[], metavar="SECTION.KEY=VALUE",
+                     help="override a config value, e.g. --set train.lr=0.5 (repeatable)")
+    run.add_argument("--results", type=Path, default=Path("results"), help="results directory")
+    run.add_argument("--resume", action="store_true", help="continue from this config's last checkpoint")
+    run.add_argument("--no-progress", action="store_true", help="no progress bar even on a terminal")
+    run.set_defaults(func=cmd_run)
+    lst = sub.add_parser("list", help="tasks, models, budgets, precisions, variants and what applies where")
+    lst.set_defaults(func=cmd_list)
+    show = sub.add_parser("show", help="readable summary of one result record")
+    show.add_argument("record", type=Path)
+    show.set_defaults(func=cmd_show)
+    return top
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    from suite import experiment
+
+    task_cls, model_cls = registry.get("task", args.task), registry.get("model", args.model)
+    experiment.check_applicable(task_cls, model_cls)
+    cfg = build_config(args.task, args.model, budget=args.budget, overrides=args.set, options_cls=task_cls.Options,
+                       presets=task_cls.presets, source=args.source, precision=args.precision, seed=args.seed,
+                       device=args.device)
+    bar = False if args.no_progress else None
+    try:
+        if args.variant == "dense":
+            if args.parent or args.finetune_units:
+                raise UserError("--parent and --finetune-units apply to variant runs only: add --variant")
+            record, path = experiment.run(cfg, args.results, resume=args.resume, progress_bar=bar)
+        else:
+            parent, parent_path = experiment.find_parent(cfg, args.results, args.parent)
+            record, path = experiment.run_variant(args.variant, args.finetune_units, parent, parent_path,
+                                                  args.results, progress_bar=bar)
+    except UserError:
+        raise
+    except Exception as exc:
+        if os.environ.get("SUITE_DEBUG"):
+            raise
+        print(f"error: the run failed ({type(exc).__name__}: {exc}); its record has status failed; "
+              "set SUITE_DEBUG=1 for the traceback", file=sys.stderr)
+        return EXIT_RUN
+    print(f"{record['status']}: {one_line(record)}\nrecord: {path}")
+    if record["status"] == "interrupted":
+        print("resume with the same command and --resume", file=sys.stderr)
+        return 130 if record["stopped_by"] == "SIGINT" else 143
+    if record["status"] == "diverged":
+        print("error: the loss became NaN/inf; lower train.lr or set train.clip", file=sys.stderr)
+        return EXIT_RUN
+    return 0
+
+
+def one_line(record: dict[str, Any]) -> str:
+    task, used = record["task"], record["budget_used"]
+    metric = task["primary_metric"]
+    value = record["metrics"].get("test", {}).get(metric)
+    shown = f"test {metric} {value:.2f}" if value is not None else "no test metric"
+    rate = record["throughput"]["train_units_per_s"]
+    speed = f", {rate:,.0f} {task['unit']}/s" if rate else ""
+    return f"{record['config']['task']}/{record['config']['model']} {shown} after {used['units']:,} " \
+           f"{task['unit']} in {used['seconds']:.1f} s{speed}"
+
+
+def cmd_list(args: argparse.Namespace) -> int:
+    from suite.experiment import applicable_models
+    from suite.show import table
+
+    tasks, models = registry.TASKS, registry.MODELS
+    arrow = {True: "higher is better", False: "lower is better"}
+    print("tasks:")
+    print(table([[n, t.unit, f"{t.primary_metric} ({arrow[t.metrics[t.primary_metric]]})",
+                  "causal" if t.causal else "non-causal"] for n, t in tasks.items()], indent=2))
+    print("models:")
+    print(table([[n, "causal" if m.causal else "bidirectional", (m.__doc__ or "").strip().splitlines()[0]]
+                 for n, m in models.items()], indent=2))
+    print("budgets:")
+    print(table([[n, ", ".join(f"{k}={v}" for k, v in b.items())] for n, b in BUDGETS.items()], indent=2))
+    print(f"precisions: {', '.join(PRECISIONS)}")
+    print(f"variants: {', '.join(VARIANTS)}")
+    print("applicability (yes = runs, n/a = not applicable):")
+    rows = [[t, *("yes" if m in applicable_models(tc) else "n/a" for m in models)] for t, tc in tasks.items()]
+    print(table([["task", *models], *rows], indent=2))
+    return 0
+
+
+def cmd_show(args: argparse.Namespace) -> int:
+    from suite.results import load_record
+    from suite.show import summary
+
+    print(summary(load_record(args.record)))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,231 @@
+"""The one frozen run configuration, the budget presets, and the `--set key=value` override rule.
+
+Precedence, lowest first: dataclass defaults < budget preset < the task's preset for that budget
+< the user's `--set` overrides. The resolved config goes into every record (`dataclasses.asdict`).
+"""
+from __future__ import annotations
+
+import ast
+import dataclasses
+import difflib
+import hashlib
+import json
+import types
+import typing
+from dataclasses import dataclass, field
+from typing import Any
+
+from suite.errors import UserError
+
+PRECISIONS = ("fp32", "tf32", "bf16", "fp16")
+SOURCES = ("real", "synthetic")
+PRUNE_LEVELS = (30, 50, 70, 90)
+VARIANTS = ("dense", *(f"prune-magnitude-{p}" for p in PRUNE_LEVELS), "quant-dynamic-int8")
+
+
+@dataclass(frozen=True)
+class Budget:
+    """How much training a run gets; it stops at whichever limit comes first."""
+
+    max_seconds: float | None = None
+    """Training wall-clock seconds (evaluation and checkpointing excluded); None = no limit."""
+    max_units: int | None = None
+    """Training units (tokens for PTB); None = no limit."""
+    max_epochs: float | None = None
+    """Passes over the training split; None = no limit."""
+    eval_every_units: int | None = None
+    """Evaluate on validation every this many units, besides every epoch end and the end of training."""
+    checkpoint_every_seconds: float = 300.0
+    """Write a resumable checkpoint this often (and on SIGTERM/SIGINT)."""
+    warmup_steps: int = 5
+    """Optimizer steps left out of the throughput figure (allocator and kernel warm-up)."""
+
+    def __post_init__(self) -> None:
+        for name in ("max_seconds", "max_units", "max_epochs", "eval_every_units"):
+            value = getattr(self, name)
+            if value is not None and value <= 0:
+                raise UserError(f"budget.{name} must be positive or None, got {value}")
+        if self.max_seconds is None and self.max_units is None and self.max_epochs is None:
+            raise UserError("a budget needs at least one of max_seconds, max_units, max_epochs")
+
+
+# Budgets are data. Tasks add their own per-budget settings (model size, epochs) in `Task.presets`.
+BUDGETS: dict[str, dict[str, Any]] = {
+    "smoke": dict(max_seconds=20.0, eval_every_units=50_000, checkpoint_every_seconds=60.0),
+    "small": dict(max_seconds=1800.0, checkpoint_every_seconds=300.0),
+    "standard": dict(max_seconds=3600.0, checkpoint_every_seconds=600.0),
+    "paper": dict(max_seconds=None, max_epochs=39, checkpoint_every_seconds=900.0),
+}
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """Optimisation settings shared by every task."""
+
+    batch_size: int = 20
+    """Training batch size (for PTB: parallel streams)."""
+    eval_batch_size: int = 10
+    """Evaluation batch size (pytorch/examples uses 10 for PTB)."""
+    optimizer: str = "sgd"
+    """sgd or adam."""
+    lr: float = 1.0
+    weight_decay: float = 0.0
+    clip: float | None = 5.0
+    """Gradient-norm clipping threshold; None disables clipping."""
+    lr_decay: float = 1.0
+    """Per-epoch learning-rate decay factor (1 = constant)."""
+    lr_decay_after_epochs: int = 0
+    """Epochs at the full learning rate; epoch e (from 0) runs at lr * lr_decay ** max(0, e + 1 - this)."""
+
+    def __post_init__(self) -> None:
+        if self.optimizer not in ("sgd", "adam"):
+            raise UserError(f"train.optimizer must be 'sgd' or 'adam', got {self.optimizer!r}")
+        if self.batch_size < 1 or self.eval_batch_size < 1:
+            raise UserError("train.batch_size and train.eval_batch_size must be at least 1")
+        if not self.lr > 0:
+            raise UserError(f"train.lr must be positive, got {self.lr}")
+        if self.clip is not None and self.clip <= 0:
+            raise UserError(f"train.clip must be positive or None, got {self.clip}")
+        if not 0 < self.lr_decay <= 1:
+            raise UserError(f"train.lr_decay must be in (0, 1], got {self.lr_decay}")
+
+
+@dataclass(frozen=True)
+class BackboneConfig:
+    """Settings of the recurrent backbone (see baselines/)."""
+
+    hidden_size: int = 200
+    """Units per layer and direction."""
+    num_layers: int = 2
+    dropout: float = 0.0
+    """Dropout between recurrent layers."""
+    cell: str | None = None
+    """rnn, lstm or gru; only brnn and resrnn take it (None = their default, lstm)."""
+    layer_norm: bool = False
+    """resrnn only: layer norm on each layer's input."""
+
+    def __post_init__(self) -> None:
+        if self.hidden_size < 1 or self.num_layers < 1:
+            raise UserError("backbone.hidden_size and backbone.num_layers must be at least 1")
+        if not 0 <= self.dropout < 1:
+            raise UserError(f"backbone.dropout must be in [0, 1), got {self.dropout}")
+        if self.cell not in (None, "rnn", "lstm", "gru"):
+            raise UserError(f"backbone.cell must be rnn, lstm or gru, got {self.cell!r}")
+
+
+@dataclass(frozen=True)
+class RunConfig:
+    """Everything that determines one run; its hash names the run."""
+
+    task: str
+    model: str
+    source: str = "real"
+    budget_name: str = "small"
+    precision: str = "fp32"
+    seed: int = 1
+    variant: str = "dense"
+    parent: str | None = None
+    """Run id of the dense parent (variants only)."""
+    device: str = "auto"
+    finetune_units: int = 0
+    """Pruning variants: units of fine-tuning with the mask fixed, at the parent's final learning rate."""
+    budget: Budget = field(default_factory=Budget)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    backbone: BackboneConfig = field(default_factory=BackboneConfig)
+    options: Any = None
+    """The task's own frozen options dataclass (`Task.Options`)."""
+
+    def __post_init__(self) -> None:
+        _choose("precision", self.precision, PRECISIONS)
+        _choose("source", self.source, SOURCES)
+        _choose("variant", self.variant, VARIANTS)
+        _choose("budget", self.budget_name, tuple(BUDGETS))
+        if self.device not in ("auto", "cpu") and not self.device.startswith("cuda"):
+            raise UserError(f"device must be auto, cpu or cuda[:N], got {self.device!r}")
+        if (self.variant == "dense") != (self.parent is None):
+            raise UserError("a variant run needs a dense parent, and a dense run has none")
+        if self.finetune_units < 0 or (self.finetune_units and not self.variant.startswith("prune")):
+            raise UserError("--finetune-units applies to prune-magnitude-* variants only and must be >= 0")
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    def digest(self) -> str:
+        return hashlib.sha256(json.dumps(self.to_dict(), sort_keys=True).encode()).hexdigest()
+
+    @property
+    def run_id(self) -> str:
+        parts = [self.task, self.model, self.budget_name, self.precision, self.variant, self.source]
+        return "-".join([*parts, f"s{self.seed}", self.digest()[:8]])
+
+
+def _choose(what: str, value: str, allowed: tuple[str, ...]) -> None:
+    if value not in allowed:
+        raise UserError(f"unknown {what} {value!r}: choose from {', '.join(allowed)}")
+
+
+def build_config(task: str, model: str, *, budget: str = "small", overrides: list[str] = (),
+                 options_cls: type | None = None, presets: dict[str, dict[str, Any]] | None = None,
+                 **top: Any) -> RunConfig:
+    """Resolve defaults, the budget preset, the task's preset and `--set` overrides into a RunConfig."""
+    _choose("budget", budget, tuple(BUDGETS))
+    sections = {"budget": Budget(**BUDGETS[budget]), "train": TrainConfig(),
+                "backbone": BackboneConfig(), "options": options_cls() if options_cls else None}
+    sections = apply_overrides(sections, (presets or {}).get(budget, {}))
+    sections = apply_overrides(sections, parse_overrides(overrides))
+    return RunConfig(task=task, model=model, budget_name=budget, **top, **sections)
+
+
+def parse_overrides(pairs: list[str]) -> dict[str, Any]:
+    """`["train.lr=1.0", "options.tie_weights=True"]` -> {"train.lr": 1.0, ...} (values by literal_eval)."""
+    out = {}
+    for pair in pairs:
+        key, sep, raw = pair.partition("=")
+        if not sep or "." not in key:
+            raise UserError(f"bad override {pair!r}: write section.key=value, e.g. train.lr=0.5")
+        try:
+            out[key.strip()] = ast.literal_eval(raw.strip())
+        except (ValueError, SyntaxError):
+            out[key.strip()] = raw.strip()  # a bare word is a string, as in nanoGPT's configurator
+    return out
+
+
+def apply_overrides(sections: dict[str, Any], overrides: dict[str, Any]) -> dict[str, Any]:
+    """Replace fields in the section dataclasses, type-checked against the field's annotation."""
+    sections = dict(sections)
+    for key, value in overrides.items():
+        section, _, name = key.partition(".")
+        target = sections.get(section)
+        fields = {f.name for f in dataclasses.fields(target)} if dataclasses.is_dataclass(target) else set()
+        if name not in fields:
+            valid = [f"{s}.{f.name}" for s, d in sections.items() if d is not None for f in dataclasses.fields(d)]
+            close = difflib.get_close_matches(key, valid, n=1)
+            hint = f"did you mean {close[0]}?" if close else f"valid keys: {', '.join(valid)}"
+            raise UserError(f"unknown config key {key!r}: {hint}")
+        hint = typing.get_type_hints(type(target))[name]
+        sections[section] = dataclasses.replace(target, **{name: _coerce(key, value, hint)})
+    return sections
+
+
+def _coerce(key: str, value: Any, hint: Any) -> Any:
+    """Check `value` against a field annotation (int, float, bool, str and `X | None`)."""
+    allowed = typing.get_args(hint) if isinstance(hint, types.UnionType) else (hint,)
+    if value is None and type(None) in allowed:
+        return None
+    for kind in allowed:
+        if kind is float and isinstance(value, (int, float)) and not isinstance(value, bool):
+            return float(value)
+        if kind in (int, bool, str) and type(value) is kind:
+            return value
+    names = " or ".join("None" if k is type(None) else k.__name__ for k in allowed)
+    raise UserError(f"{key} must be {names}, got {value!r} ({type(value).__name__})")
+
+
+def config_from_dict(data: dict[str, Any], options_cls: type | None) -> RunConfig:
+    """Rebuild a RunConfig from a record's or checkpoint's `config` dict."""
+    data = dict(data)
+    data["budget"] = Budget(**data["budget"])
+    data["train"] = TrainConfig(**data["train"])
+    data["backbone"] = BackboneConfig(**data["backbone"])
+    data["options"] = options_cls(**data["options"]) if options_cls and data["options"] is not None else None
+    return RunConfig(**data)

@@ -1,0 +1,201 @@
+"""One run from config to record: resolve the task and backbone, train, evaluate, write the record.
+
+Dense runs train through the runner; variant runs load their dense parent's best weights, compress
+them (suite/compress.py), optionally fine-tune, and measure quality, size and latency against it.
+"""
+from __future__ import annotations
+
+import dataclasses
+import datetime as dt
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from suite import compress, registry
+from suite.config import Budget, RunConfig, config_from_dict
+from suite.environment import fingerprint, peak_memory
+from suite.errors import UserError
+from suite.precision import PrecisionPolicy
+from suite.results import load_record, record_path, write_record
+from suite.runner import Outcome, Trainer, evaluate, seed_everything
+from tasks.base import Task
+
+LATENCY_SHAPE = (1, 35)  # batch 1, 35 units: the classic PTB window, the latency every record reports
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name.startswith("cuda") and not torch.cuda.is_available():
+        raise UserError(f"device {name!r} asked for but no CUDA GPU is visible: use --device cpu")
+    return torch.device(name)
+
+
+def check_applicable(task_cls: type[Task], model_cls: type[nn.Module]) -> None:
+    if task_cls.causal and not model_cls.causal:
+        raise UserError(f"{model_cls.name} is not applicable to {task_cls.name}: the task is causal (a model may "
+                        f"not see future inputs) and {model_cls.name} is bidirectional, so use a causal model "
+                        f"such as {', '.join(applicable_models(task_cls))}")
+
+
+def applicable_models(task_cls: type[Task]) -> list[str]:
+    return [n for n, m in registry.MODELS.items() if m.causal or not task_cls.causal]
+
+
+def checkpoint_dir(results_dir: Path, run_id: str) -> Path:
+    return Path(results_dir) / "checkpoints" / run_id
+
+
+def _setup(cfg: RunConfig) -> tuple[Task, nn.Module, torch.device]:
+    task_cls, model_cls = registry.get("task", cfg.task), registry.get("model", cfg.model)
+    check_applicable(task_cls, model_cls)
+    device = resolve_device(cfg.device)
+    seed_everything(cfg.seed)
+    task = task_cls(cfg, device)
+    task.prepare()
+    model = task.build(lambda n: model_cls(n, cfg.backbone)).to(device)
+    return task, model, device
+
+
+def run(cfg: RunConfig, results_dir: Path, resume: bool = False, progress_bar: bool | None = None
+        ) -> tuple[dict[str, Any], Path]:
+    """Train one dense run and write its record; returns (record, path)."""
+    task, model, device = _setup(cfg)
+    ckpt = checkpoint_dir(results_dir, cfg.run_id)
+    trainer = Trainer(cfg, task, model, device, ckpt, progress_bar=progress_bar)
+    record = base_record(cfg, task, model, device)
+    path = record_path(results_dir, record)
+    try:
+        outcome = trainer.run(resume)
+    except UserError:
+        raise
+    except Exception as exc:  # keep what we know about a crashed run, then let the CLI report it
+        record.update(status="failed", error=f"{type(exc).__name__}: {exc}")
+        write_record(record, path)
+        raise
+    metrics = {}
+    if outcome.status in ("completed", "budget_exhausted"):
+        model.load_state_dict(torch.load(trainer.best_path, map_location=device)["model"])
+        metrics = {s: evaluate(task, model, trainer.policy, s)[0] for s in ("valid", "test")}
+    fill_outcome(record, outcome, trainer, metrics, device)
+    record["checkpoint"] = str(trainer.best_path) if trainer.best_path.exists() else None
+    return record, write_record(record, path)
+
+
+def base_record(cfg: RunConfig, task: Task, model: nn.Module, device: torch.device) -> dict[str, Any]:
+    """The record's fields known before training; status starts as failed until training ends."""
+    info = task.data_info()
+    return {
+        "schema_version": 1, "run_id": cfg.run_id, "created": dt.datetime.now(dt.UTC).isoformat(),
+        "status": "failed", "stopped_by": None, "error": None,
+        "task": {"name": task.name, "version": task.version, "unit": task.unit, "causal": task.causal,
+                 "primary_metric": task.primary_metric, "metrics": dict(task.metrics),
+                 "reference_name": task.reference_name},
+        "model": {"name": cfg.model, "causal": type(model_backbone(model)).causal,
+                  "params": sum(p.numel() for p in model.parameters()), "flops_per_unit": task.flops_per_unit(model)},
+        "config": cfg.to_dict(),
+        "data": {**info, "synthetic": cfg.source == "synthetic"},
+        "metrics": {}, "reference": task.reference(), "learning_curve": [],
+        "budget_used": {"seconds": 0.0, "units": 0, "epochs": 0.0, "steps": 0, "max_seconds": None,
+                        "unit_limit": None},
+        "throughput": {"unit": task.unit, "train_units_per_s": None, "eval_units_per_s": None},
+        "memory": peak_memory(device), "variant": None, "checkpoint": None,
+        "environment": fingerprint(device, cfg.seed),
+    }
+
+
+def model_backbone(model: nn.Module) -> nn.Module:
+    return getattr(model, "backbone", model)
+
+
+def fill_outcome(record: dict[str, Any], outcome: Outcome, trainer: Trainer, metrics: dict[str, Any],
+                 device: torch.device) -> None:
+    p = outcome.progress
+    record.update(status=outcome.status, stopped_by=outcome.stopped_by, metrics=metrics,
+                  learning_curve=p.curve, memory=peak_memory(device))
+    limit = trainer.unit_limit
+    record["budget_used"] = {"seconds": p.seconds, "units": p.units, "epochs": p.units / trainer.task.units_per_epoch(),
+                             "steps": p.steps, "max_seconds": trainer.cfg.budget.max_seconds,
+                             "unit_limit": None if limit == float("inf") else limit}
+    record["throughput"].update(
+        train_units_per_s=(p.measured_units / p.measured_seconds) if p.measured_seconds else None,
+        eval_units_per_s=(p.eval_units / p.eval_seconds) if p.eval_seconds else None)
+
+
+def find_parent(dense_cfg: RunConfig, results_dir: Path, parent: Path | None) -> tuple[dict[str, Any], Path]:
+    """The dense parent's record: the one given, or the record of the same flags without --variant."""
+    if parent is None:
+        task_name, model_name = dense_cfg.task, dense_cfg.model
+        parent = Path(results_dir) / task_name / model_name / f"{dense_cfg.run_id}.json"
+        if not parent.exists():
+            raise UserError(f"no dense parent record at {parent}: run the same command without --variant first, "
+                            "or pass --parent RECORD.json")
+    record = load_record(parent)
+    if record["variant"] is not None or record["status"] not in ("completed", "budget_exhausted"):
+        raise UserError(f"{parent} is not a finished dense run (status {record['status']}); "
+                        "a variant needs a trained dense parent")
+    if not record["checkpoint"] or not Path(record["checkpoint"]).exists():
+        raise UserError(f"the parent's weights {record['checkpoint']} are missing: rerun the parent")
+    return record, parent
+
+
+def run_variant(variant: str, finetune_units: int, parent: dict[str, Any], parent_path: Path, results_dir: Path,
+                progress_bar: bool | None = None) -> tuple[dict[str, Any], Path]:
+    """Compress the parent's best weights, fine-tune if asked, and measure against the parent."""
+    task_cls = registry.get("task", parent["config"]["task"])
+    parent_cfg = config_from_dict(parent["config"], task_cls.Options)
+    cfg = dataclasses.replace(parent_cfg, variant=variant, parent=parent["run_id"], finetune_units=finetune_units)
+    if variant.startswith("quant"):
+        cfg = dataclasses.replace(cfg, device="cpu")  # torch.ao dynamic int8 kernels run on CPU only
+    task, model, device = _setup(cfg)
+    model.load_state_dict(torch.load(parent["checkpoint"], map_location=device)["model"])
+    args = task.sample_input(*LATENCY_SHAPE)
+    parent_bytes, parent_zbytes = compress.serialized_size(model)
+    parent_latency = compress.latency_ms(model, args)  # same device and process as the variant's figure
+    model, notes, trainer, outcome = _compress(cfg, task, model, device, parent, results_dir, progress_bar)
+    latency = compress.latency_ms(model, args)
+    precision = "fp32" if variant.startswith("quant") else cfg.precision
+    if precision != cfg.precision:
+        notes.append(f"int8 model evaluated without {cfg.precision} autocast; the parent's metrics used it")
+    metrics = {s: evaluate(task, model, PrecisionPolicy(precision, device), s)[0] for s in ("valid", "test")}
+    record = base_record(cfg, task, model, device)
+    if outcome is not None:
+        fill_outcome(record, outcome, trainer, metrics, device)
+    else:
+        record.update(status="completed", metrics=metrics)
+    size, zsize = compress.serialized_size(model)
+    record["variant"] = {
+        "name": variant, "parent_run_id": parent["run_id"], "parent_record": str(parent_path),
+        "sparsity": compress.sparsity(model) if variant.startswith("prune") else 0.0,
+        "size_bytes": size, "parent_size_bytes": parent_bytes, "compressed_bytes": zsize,
+        "parent_compressed_bytes": parent_zbytes, "latency_ms": latency, "parent_latency_ms": parent_latency,
+        "finetune_units": finetune_units, "notes": notes,
+        "quality_delta": {f"{s}/{k}": v - parent["metrics"][s][k] for s in metrics for k, v in metrics[s].items()
+                          if parent["metrics"].get(s, {}).get(k) is not None},
+    }
+    record["model"]["params"] = parent["model"]["params"]
+    return record, write_record(record, record_path(results_dir, record))
+
+
+def _compress(cfg: RunConfig, task: Task, model: nn.Module, device: torch.device, parent: dict[str, Any],
+              results_dir: Path, progress_bar: bool | None) -> tuple[nn.Module, list[str], Any, Any]:
+    """Apply the variant; pruning may fine-tune with the mask fixed at the parent's final learning rate."""
+    if cfg.variant.startswith("quant"):
+        quantized, notes = compress.quantize_dynamic_int8(model)
+        return quantized, notes, None, None
+    targets = compress.prune_magnitude(model, int(cfg.variant.rsplit("-", 1)[1]) / 100)
+    trainer = outcome = None
+    if cfg.finetune_units:
+        final_lr = next((p["lr"] for p in reversed(parent["learning_curve"]) if "lr" in p), cfg.train.lr)
+        tune_cfg = dataclasses.replace(
+            cfg, train=dataclasses.replace(cfg.train, lr=final_lr, lr_decay=1.0),
+            budget=Budget(max_units=cfg.finetune_units, max_seconds=cfg.budget.max_seconds,
+                          checkpoint_every_seconds=cfg.budget.checkpoint_every_seconds))
+        trainer = Trainer(tune_cfg, task, model, device, checkpoint_dir(results_dir, cfg.run_id),
+                          progress_bar=progress_bar)
+        outcome = trainer.run()
+        model.load_state_dict(torch.load(trainer.best_path, map_location=device)["model"])
+    compress.make_permanent(targets)
+    return model, [], trainer, outcome

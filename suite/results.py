@@ -1,0 +1,79 @@
+"""Result records: one JSON file per run, schema-versioned, written atomically, validated on load.
+
+Records are the single source of truth; leaderboards and gates are derived from them.
+"""
+from __future__ import annotations
+
+import json
+import math
+import os
+from functools import lru_cache
+from pathlib import Path
+from typing import Any
+
+import jsonschema
+
+from suite.errors import UserError
+
+SCHEMA_VERSION = 1
+SCHEMA_PATH = Path(__file__).with_name("schemas") / f"result-v{SCHEMA_VERSION}.json"
+
+
+@lru_cache(maxsize=1)
+def _validator() -> jsonschema.protocols.Validator:
+    schema = json.loads(SCHEMA_PATH.read_text())
+    cls = jsonschema.validators.validator_for(schema)
+    return cls(schema, format_checker=cls.FORMAT_CHECKER)
+
+
+def validate(record: dict[str, Any]) -> None:
+    """Raise ValueError naming the first schema violation (path and message)."""
+    error = jsonschema.exceptions.best_match(_validator().iter_errors(record))
+    if error is not None:
+        where = "/".join(str(p) for p in error.absolute_path) or "(top level)"
+        raise ValueError(f"{where}: {error.message}")
+
+
+def record_path(results_dir: Path, record: dict[str, Any]) -> Path:
+    return Path(results_dir) / record["task"]["name"] / record["model"]["name"] / f"{record['run_id']}.json"
+
+
+def write_record(record: dict[str, Any], path: Path) -> Path:
+    """Validate, then write via a temporary file and rename so a reader never sees half a record."""
+    record = _finite(record)
+    validate(record)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    tmp.write_text(json.dumps(record, indent=2, allow_nan=False) + "\n")
+    os.replace(tmp, path)
+    return path
+
+
+def load_record(path: Path) -> dict[str, Any]:
+    """Read and validate one record; a corrupt file fails with one sentence naming it."""
+    path = Path(path)
+    try:
+        record = json.loads(path.read_text())
+    except FileNotFoundError:
+        raise UserError(f"no result record at {path}") from None
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise UserError(f"result record {path} is not valid JSON ({exc}); rerun the run that wrote it") from None
+    if not isinstance(record, dict) or record.get("schema_version") != SCHEMA_VERSION:
+        found = record.get("schema_version") if isinstance(record, dict) else None
+        raise UserError(f"result record {path} has schema version {found!r}, expected {SCHEMA_VERSION}")
+    try:
+        validate(record)
+    except ValueError as exc:
+        raise UserError(f"result record {path} is invalid at {exc}") from None
+    return record
+
+
+def _finite(value: Any) -> Any:
+    """JSON has no NaN or infinity: store them as null (a diverged run's last loss, for example)."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, dict):
+        return {k: _finite(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_finite(v) for v in value]
+    return value

@@ -1,0 +1,320 @@
+"""The one training loop: budget, precision policy, clipping, LR schedule, evaluation cadence,
+best-checkpoint selection, atomic checkpoints with exact resume, and signal handling.
+
+It knows nothing about any task beyond the `tasks.base.Task` interface.
+"""
+from __future__ import annotations
+
+import dataclasses
+import math
+import os
+import random
+import signal
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from itertools import islice
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from suite.config import RunConfig
+from suite.errors import UserError
+from suite.precision import PrecisionPolicy
+from tasks.base import Task
+
+
+@dataclass
+class Progress:
+    """Everything about training so far that a checkpoint must carry."""
+
+    epoch: int = 0
+    step_in_epoch: int = 0
+    steps: int = 0
+    units: int = 0
+    seconds: float = 0.0
+    """Training seconds used (evaluation and checkpointing excluded)."""
+    measured_units: int = 0
+    measured_seconds: float = 0.0
+    """Units and seconds after warm-up, for the throughput figure."""
+    eval_units: int = 0
+    eval_seconds: float = 0.0
+    last_eval_units: int = -1
+    loss_sum: float = 0.0
+    loss_count: int = 0
+    best: float | None = None
+    best_units: int | None = None
+    curve: list[dict[str, Any]] = field(default_factory=list)
+
+
+@dataclass
+class Outcome:
+    status: str
+    """completed | budget_exhausted | interrupted | diverged"""
+    stopped_by: str | None
+    progress: Progress
+    signal: int | None = None
+
+
+def atomic_save(obj: Any, path: Path) -> None:
+    """torch.save to a temporary file beside `path`, then rename: a kill never leaves half a file."""
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    torch.save(obj, tmp)
+    os.replace(tmp, path)
+
+
+def evaluate(task: Task, model: nn.Module, policy: PrecisionPolicy, split: str) -> tuple[dict[str, float], float]:
+    """The task's metrics on one split under the precision policy, and the seconds it took."""
+    was_training = model.training
+    model.eval()
+    start = time.perf_counter()
+    with policy.autocast():
+        metrics = task.evaluate(model, split)
+    seconds = time.perf_counter() - start
+    model.train(was_training)
+    return metrics, seconds
+
+
+class Trainer:
+    """Trains `model` on `task` under `cfg.budget`; checkpoints live in `ckpt_dir`."""
+
+    def __init__(self, cfg: RunConfig, task: Task, model: nn.Module, device: torch.device, ckpt_dir: Path,
+                 clock: Callable[[], float] = time.perf_counter, progress_bar: bool | None = None):
+        self.cfg, self.task, self.model, self.device, self.clock = cfg, task, model, device, clock
+        self.ckpt_dir = ckpt_dir
+        self.policy = PrecisionPolicy(cfg.precision, device)
+        self.policy.check(model)
+        self.params = [p for p in model.parameters() if p.requires_grad]
+        self.optimizer = _optimizer(cfg, self.params)
+        decay, after = cfg.train.lr_decay, cfg.train.lr_decay_after_epochs
+        self.scheduler = torch.optim.lr_scheduler.LambdaLR(
+            self.optimizer, lambda e: decay ** max(0, e + 1 - after))
+        self.progress = Progress()
+        self.carry: Any = None
+        self.unit_limit, self.unit_reason = self._unit_limit()
+        self.show_bar = sys.stderr.isatty() if progress_bar is None else progress_bar
+        self._signal: int | None = None
+
+    @property
+    def best_path(self) -> Path:
+        return self.ckpt_dir / "best.pt"
+
+    @property
+    def last_path(self) -> Path:
+        return self.ckpt_dir / "last.pt"
+
+    def _unit_limit(self) -> tuple[float, str | None]:
+        b, per_epoch = self.cfg.budget, self.task.units_per_epoch()
+        limits = [(math.inf, None)]
+        if b.max_units is not None:
+            limits.append((b.max_units, "max_units"))
+        if b.max_epochs is not None:
+            limits.append((math.ceil(b.max_epochs * per_epoch), "max_epochs"))
+        return min(limits, key=lambda x: x[0])
+
+    def run(self, resume: bool = False) -> Outcome:
+        """Train until a budget limit, a signal or a non-finite loss; always ends with a validation eval."""
+        self.ckpt_dir.mkdir(parents=True, exist_ok=True)
+        if resume and self.last_path.exists():
+            self._load_checkpoint()
+        elif resume:
+            print(f"no checkpoint at {self.last_path}: starting from scratch", file=sys.stderr)
+        old = {s: signal.signal(s, self._on_signal) for s in (signal.SIGTERM, signal.SIGINT)}
+        try:
+            outcome = self._loop()
+        finally:
+            for s, handler in old.items():
+                signal.signal(s, handler)
+        if outcome.status in ("completed", "budget_exhausted"):
+            self._maybe_evaluate()
+            self.last_path.unlink(missing_ok=True)  # only needed to resume; best.pt stays for variants
+        return outcome
+
+    def _on_signal(self, signum: int, frame: Any) -> None:
+        self._signal = signum  # acted on after the current step: checkpoint, then exit
+
+    def _loop(self) -> Outcome:
+        p, bar = self.progress, _Bar(self) if self.show_bar else None
+        last_ckpt = self.clock()
+        try:
+            while True:
+                reason = self._stop_reason()
+                if reason:
+                    status = "budget_exhausted" if reason == "max_seconds" else "completed"
+                    return Outcome(status, reason, p)
+                batches = islice(iter(self.task.train_batches(p.epoch)), p.step_in_epoch, None)
+                for batch in _timed(batches, self.clock):
+                    loss = self._step(batch)
+                    if not math.isfinite(loss):
+                        return Outcome("diverged", "non-finite loss", p)
+                    if bar:
+                        bar.update(loss)
+                    if self._signal is not None:
+                        self._save_checkpoint()
+                        return Outcome("interrupted", signal.Signals(self._signal).name, p, self._signal)
+                    if self.clock() - last_ckpt >= self.cfg.budget.checkpoint_every_seconds:
+                        self._save_checkpoint()
+                        last_ckpt = self.clock()
+                    every = self.cfg.budget.eval_every_units
+                    if every and p.units - max(p.last_eval_units, 0) >= every:
+                        self._maybe_evaluate()
+                    if self._stop_reason():
+                        break
+                else:
+                    self._end_epoch()
+        finally:
+            if bar:
+                bar.close()
+
+    def _step(self, timed_batch: tuple[Any, float]) -> float:
+        batch, fetch_start = timed_batch
+        p = self.progress
+        with self.policy.autocast():
+            loss, units, self.carry = self.task.loss(self.model, batch, self.carry)
+        value = loss.item()
+        if math.isfinite(value):
+            self.policy.step(loss, self.optimizer, self.params, self.cfg.train.clip)
+        seconds = self.clock() - fetch_start
+        p.steps += 1
+        p.step_in_epoch += 1
+        p.units += units
+        p.seconds += seconds
+        p.loss_sum += value * units
+        p.loss_count += units
+        if p.steps > self.cfg.budget.warmup_steps:
+            p.measured_units += units
+            p.measured_seconds += seconds
+        return value
+
+    def _end_epoch(self) -> None:
+        p = self.progress
+        p.epoch += 1
+        p.step_in_epoch = 0
+        self.carry = None
+        self.scheduler.step()
+        self._maybe_evaluate()
+
+    def _stop_reason(self) -> str | None:
+        p, b = self.progress, self.cfg.budget
+        if p.units >= self.unit_limit:
+            return self.unit_reason
+        if b.max_seconds is not None and p.seconds >= b.max_seconds:
+            return "max_seconds"
+        return None
+
+    def _maybe_evaluate(self) -> None:
+        """Validation eval (once per unit count), curve point, and best-checkpoint selection."""
+        p = self.progress
+        if p.last_eval_units == p.units:
+            return
+        metrics, seconds = evaluate(self.task, self.model, self.policy, "valid")
+        p.eval_units += self.task.eval_units("valid")
+        p.eval_seconds += seconds
+        p.last_eval_units = p.units
+        train_loss = p.loss_sum / p.loss_count if p.loss_count else None
+        p.loss_sum, p.loss_count = 0.0, 0
+        p.curve.append({"units": p.units, "epoch": p.units / self.task.units_per_epoch(), "seconds": p.seconds,
+                        "lr": self.optimizer.param_groups[0]["lr"], "train_loss": train_loss, "valid": metrics})
+        value = metrics[self.task.primary_metric]
+        higher = self.task.metrics[self.task.primary_metric]
+        if p.best is None or (value > p.best if higher else value < p.best):
+            p.best, p.best_units = value, p.units
+            atomic_save({"model": self.model.state_dict(), "units": p.units, "config": self.cfg.to_dict()},
+                        self.best_path)
+
+    def _save_checkpoint(self) -> None:
+        atomic_save({
+            "config_digest": self.cfg.digest(),
+            "model": self.model.state_dict(),
+            "optimizer": self.optimizer.state_dict(),
+            "scheduler": self.scheduler.state_dict(),
+            "scaler": self.policy.state_dict(),
+            "progress": dataclasses.asdict(self.progress),
+            "carry": self.carry,
+            "rng": _rng_state(),
+        }, self.last_path)
+
+    def _load_checkpoint(self) -> None:
+        try:
+            ckpt = torch.load(self.last_path, map_location=self.device, weights_only=False)
+        except Exception as exc:
+            raise UserError(f"checkpoint {self.last_path} cannot be read ({exc}); delete it and run "
+                            "without --resume") from None
+        if ckpt["config_digest"] != self.cfg.digest():
+            raise UserError(f"checkpoint {self.last_path} belongs to a different config; run without --resume")
+        self.model.load_state_dict(ckpt["model"])
+        self.optimizer.load_state_dict(ckpt["optimizer"])
+        self.scheduler.load_state_dict(ckpt["scheduler"])
+        self.policy.load_state_dict(ckpt["scaler"])
+        self.progress = Progress(**ckpt["progress"])
+        self.carry = ckpt["carry"]
+        _set_rng_state(ckpt["rng"])
+
+
+def _optimizer(cfg: RunConfig, params: list[nn.Parameter]) -> torch.optim.Optimizer:
+    t = cfg.train
+    if t.optimizer == "adam":
+        return torch.optim.Adam(params, lr=t.lr, weight_decay=t.weight_decay)
+    return torch.optim.SGD(params, lr=t.lr, weight_decay=t.weight_decay)
+
+
+def _timed(batches: Any, clock: Callable[[], float]) -> Any:
+    """Yield (batch, time before fetching it) so that data loading counts as training time."""
+    it = iter(batches)
+    while True:
+        start = clock()
+        try:
+            batch = next(it)
+        except StopIteration:
+            return
+        yield batch, start
+
+
+def _rng_state() -> dict[str, Any]:
+    state = {"torch": torch.get_rng_state(), "numpy": np.random.get_state(), "python": random.getstate()}
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def _set_rng_state(state: dict[str, Any]) -> None:
+    torch.set_rng_state(state["torch"].cpu())
+    np.random.set_state(state["numpy"])
+    random.setstate(state["python"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all([s.cpu() for s in state["cuda"]])
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+
+
+class _Bar:
+    """tqdm bar over the unit limit (or seconds when only time limits the run)."""
+
+    def __init__(self, trainer: Trainer):
+        from tqdm import tqdm
+
+        self.trainer = trainer
+        self.by_units = math.isfinite(trainer.unit_limit)
+        total = trainer.unit_limit if self.by_units else trainer.cfg.budget.max_seconds
+        unit = trainer.task.unit if self.by_units else "s"
+        self.bar = tqdm(total=total, unit=unit, unit_scale=True, dynamic_ncols=True, leave=False)
+
+    def update(self, loss: float) -> None:
+        p, budget = self.trainer.progress, self.trainer.cfg.budget
+        self.bar.n = p.units if self.by_units else min(p.seconds, self.bar.total)
+        left = f"{budget.max_seconds - p.seconds:.0f}s" if budget.max_seconds else "-"
+        rate = p.measured_units / p.measured_seconds if p.measured_seconds else 0.0
+        self.bar.set_postfix(loss=f"{loss:.3f}", rate=f"{rate:,.0f} {self.trainer.task.unit}/s", time_left=left,
+                             refresh=False)
+        self.bar.refresh()
+
+    def close(self) -> None:
+        self.bar.close()

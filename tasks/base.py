@@ -1,0 +1,74 @@
+"""The task interface: the runner calls only these methods and never asks which task it runs."""
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable
+from typing import Any, ClassVar
+
+import torch
+from torch import nn
+
+from suite.config import RunConfig
+
+BackboneFactory = Callable[[int], nn.Module]  # input feature size -> backbone (see baselines/)
+
+
+class Task:
+    """One benchmark task: its data sources, its head around a backbone, its loss and its metrics."""
+
+    name: ClassVar[str]
+    version: ClassVar[int] = 1
+    causal: ClassVar[bool] = True
+    """True rules out non-causal (bidirectional) backbones."""
+    unit: ClassVar[str] = "samples"
+    """What the budget and throughput count (tokens, samples, frames)."""
+    metrics: ClassVar[dict[str, bool]] = {}
+    """Metric name -> higher is better."""
+    primary_metric: ClassVar[str]
+    reference_name: ClassVar[str]
+    """The simple reference line every model should beat (e.g. unigram)."""
+    Options: ClassVar[type]
+    """Frozen dataclass of the task's own settings (`--set options.key=value`)."""
+    presets: ClassVar[dict[str, dict[str, Any]]] = {}
+    """Per-budget config overrides, e.g. {"paper": {"backbone.hidden_size": 650}}."""
+
+    def __init__(self, cfg: RunConfig, device: torch.device):
+        self.cfg, self.device = cfg, device
+
+    def prepare(self) -> None:
+        """Load or generate the data of `cfg.source`; raise DataError with the fix when it is missing."""
+        raise NotImplementedError
+
+    def data_info(self) -> dict[str, Any]:
+        """Source, file checksums and split sizes, for the record."""
+        raise NotImplementedError
+
+    def build(self, make_backbone: BackboneFactory) -> nn.Module:
+        raise NotImplementedError
+
+    def units_per_epoch(self) -> int:
+        raise NotImplementedError
+
+    def train_batches(self, epoch: int) -> Iterable[Any]:
+        """The batches of one epoch, deterministic in (seed, epoch) so that a resumed run can skip ahead."""
+        raise NotImplementedError
+
+    def loss(self, model: nn.Module, batch: Any, carry: Any) -> tuple[torch.Tensor, int, Any]:
+        """(mean loss, units in the batch, carry for the next batch of the epoch, e.g. a detached state)."""
+        raise NotImplementedError
+
+    def evaluate(self, model: nn.Module, split: str) -> dict[str, float]:
+        raise NotImplementedError
+
+    def eval_units(self, split: str) -> int:
+        raise NotImplementedError
+
+    def reference(self) -> dict[str, Any]:
+        """The reference line's metrics per split (and the optimum where the source knows it)."""
+        raise NotImplementedError
+
+    def flops_per_unit(self, model: nn.Module) -> int:
+        raise NotImplementedError
+
+    def sample_input(self, batch_size: int, length: int) -> tuple:
+        """Arguments for one inference call `model(*args)`, used to measure latency."""
+        raise NotImplementedError

@@ -1,0 +1,200 @@
+"""fetch against a real HTTP server on 127.0.0.1: cache, checksum, one retry, mirror, one-line errors."""
+from __future__ import annotations
+
+import functools
+import hashlib
+import http.server
+import socket
+import threading
+from collections import Counter
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from suite.errors import DataError
+from suite.fetch import RemoteFile, data_dir, fetch, md5sum
+
+SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
+RELPATH = "data/ptb.valid.txt"  # a subfolder, as in an official layout
+CONTENT = b"".join(b" the %d cats sat on the mat <eos>\n" % i for i in range(3000))
+REMOTE = RemoteFile(RELPATH, hashlib.md5(CONTENT).hexdigest())
+DAMAGED = CONTENT[: len(CONTENT) // 2]  # what a damaged transfer delivers: a truncated body
+
+
+class Origin:
+    """A real HTTP server over a folder in the official layout that counts requests per path
+    and serves a truncated body for the next `damage[path]` requests of that path."""
+
+    def __init__(self, root: Path) -> None:
+        self.root = root
+        self.requests: Counter[str] = Counter()
+        self.damage: Counter[str] = Counter()
+        self._lock = threading.Lock()  # the server answers each request on its own thread
+        handler = functools.partial(_Handler, self, directory=str(root))
+        self.server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+        self.url = f"http://127.0.0.1:{self.server.server_port}"
+
+    def record(self, relpath: str) -> bool:
+        """Count one request of `relpath`; True if this one is to be served damaged."""
+        with self._lock:
+            self.requests[relpath] += 1
+            damaged = self.damage[relpath] > 0
+            self.damage[relpath] -= damaged
+            return damaged
+
+
+class _Handler(http.server.SimpleHTTPRequestHandler):
+    def __init__(self, origin: Origin, *args, **kwargs) -> None:
+        self.origin = origin  # set first: the base __init__ already handles the request
+        super().__init__(*args, **kwargs)
+
+    def do_GET(self) -> None:
+        relpath = self.path.lstrip("/")
+        if not self.origin.record(relpath):
+            return super().do_GET()
+        good = (self.origin.root / relpath).read_bytes()
+        body = good[: len(good) // 2]
+        self.send_response(200)
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    def log_message(self, *args) -> None:
+        """Silent: request lines would only clutter pytest output."""
+
+
+@pytest.fixture(autouse=True)
+def cache(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """Every test gets its own empty cache and no mirror, whatever the user's environment says."""
+    monkeypatch.setenv("SUITE_DATA_DIR", str(tmp_path / "cache"))
+    monkeypatch.delenv("SUITE_DATA_MIRROR", raising=False)
+    return tmp_path / "cache"
+
+
+@pytest.fixture
+def origin(tmp_path: Path) -> Iterator[Origin]:
+    root = tmp_path / "origin"
+    (root / RELPATH).parent.mkdir(parents=True)
+    (root / RELPATH).write_bytes(CONTENT)
+    server = Origin(root)
+    # A short poll interval: shutdown() waits one interval, 0.5 s by default, on every test.
+    thread = threading.Thread(target=server.server.serve_forever, args=(0.01,), daemon=True)
+    thread.start()
+    yield server
+    server.server.shutdown()
+    server.server.server_close()
+    thread.join()
+
+
+@pytest.fixture
+def dead_url() -> str:
+    """URL of a port nobody listens on: connections are refused at once."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    return f"http://127.0.0.1:{port}"
+
+
+def test_first_fetch_downloads_and_second_uses_cache(origin: Origin, capsys: pytest.CaptureFixture) -> None:
+    path = fetch(origin.url, REMOTE, "ptb")
+    assert path == data_dir() / "ptb" / RELPATH
+    assert path.read_bytes() == CONTENT
+    assert origin.requests[RELPATH] == 1
+    assert f"downloading {origin.url}/{RELPATH} -> {path}" in capsys.readouterr().err
+    assert fetch(origin.url, REMOTE, "ptb") == path
+    assert origin.requests[RELPATH] == 1
+    assert capsys.readouterr().err == ""
+
+
+def test_truncated_cache_is_downloaded_again(origin: Origin) -> None:
+    path = fetch(origin.url, REMOTE, "ptb")
+    path.write_bytes(DAMAGED)
+    assert fetch(origin.url, REMOTE, "ptb").read_bytes() == CONTENT
+    assert origin.requests[RELPATH] == 2
+
+
+def test_damaged_transfer_is_retried_once(origin: Origin) -> None:
+    origin.damage[RELPATH] = 1
+    assert fetch(origin.url, REMOTE, "ptb").read_bytes() == CONTENT
+    assert origin.requests[RELPATH] == 2
+
+
+def test_always_damaged_fails_after_two_tries_and_leaves_nothing(origin: Origin) -> None:
+    origin.damage[RELPATH] = 10
+    with pytest.raises(DataError) as err:
+        fetch(origin.url, REMOTE, "ptb")
+    message = str(err.value)
+    assert origin.requests[RELPATH] == 2
+    assert "ptb.valid.txt" in message and f"{origin.url}/{RELPATH}" in message
+    assert REMOTE.md5 in message and hashlib.md5(DAMAGED).hexdigest() in message
+    target = data_dir() / "ptb" / RELPATH
+    assert not target.exists()
+    assert list(target.parent.iterdir()) == []  # no temp file either
+
+
+def test_dead_server_says_how_to_supply_the_file(dead_url: str) -> None:
+    with pytest.raises(DataError) as err:
+        fetch(dead_url, REMOTE, "ptb")
+    message = str(err.value)
+    assert f"{dead_url}/{RELPATH}" in message
+    assert str(data_dir() / "ptb" / "data") in message and REMOTE.md5 in message
+    assert "SUITE_DATA_MIRROR" in message and "--source synthetic" in message
+    assert "\n" not in message
+
+
+def test_silent_server_times_out(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr("suite.fetch.TIMEOUT_S", 0.2)
+    with socket.socket() as sock:  # listens, so connecting succeeds, but never answers
+        sock.bind(("127.0.0.1", 0))
+        sock.listen(1)
+        with pytest.raises(DataError, match="timed out"):
+            fetch(f"http://127.0.0.1:{sock.getsockname()[1]}", REMOTE, "ptb")
+
+
+def test_http_404_names_the_url(origin: Origin) -> None:
+    missing = RemoteFile("data/ptb.train.txt", REMOTE.md5)
+    with pytest.raises(DataError, match=f"{origin.url}/data/ptb.train.txt \\(HTTP 404"):
+        fetch(origin.url, missing, "ptb")
+
+
+def test_file_mirror_replaces_the_origin(tmp_path: Path, dead_url: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    mirror = tmp_path / "mirror"
+    (mirror / RELPATH).parent.mkdir(parents=True)
+    (mirror / RELPATH).write_bytes(CONTENT)
+    monkeypatch.setenv("SUITE_DATA_MIRROR", mirror.as_uri())
+    assert fetch(dead_url, REMOTE, "ptb").read_bytes() == CONTENT
+
+
+def test_mirror_without_scheme_is_refused(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("SUITE_DATA_MIRROR", str(tmp_path))
+    with pytest.raises(DataError, match="SUITE_DATA_MIRROR must be"):
+        fetch("https://example.invalid", REMOTE, "ptb")
+
+
+@pytest.mark.skipif(not (SHARED_DATA / "ptb").is_dir(), reason=f"no shared PTB copy at {SHARED_DATA / 'ptb'}")
+def test_real_ptb_valid_through_file_mirror(monkeypatch: pytest.MonkeyPatch, dead_url: str) -> None:
+    monkeypatch.setenv("SUITE_DATA_MIRROR", (SHARED_DATA / "ptb").as_uri())
+    path = fetch(dead_url, RemoteFile("ptb.valid.txt", "aa0affc06ff7c36e977d7cd49e3839bf"), "ptb")
+    assert md5sum(path) == "aa0affc06ff7c36e977d7cd49e3839bf"
+
+
+def test_md5sum_streams_in_chunks(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr("suite.fetch.CHUNK_BYTES", 7)
+    (tmp_path / "f").write_bytes(CONTENT)
+    assert md5sum(tmp_path / "f") == REMOTE.md5
+
+
+def test_data_dir_precedence(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, cache: Path) -> None:
+    assert data_dir() == cache
+    monkeypatch.delenv("SUITE_DATA_DIR")
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))
+    assert data_dir() == tmp_path / "xdg" / "seqsuite"
+    monkeypatch.delenv("XDG_CACHE_HOME")
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    assert data_dir() == tmp_path / "home" / ".cache" / "seqsuite"
+
+
+def test_relpath_must_stay_inside_the_layout() -> None:
+    with pytest.raises(ValueError):
+        RemoteFile("../etc/passwd", REMOTE.md5)
