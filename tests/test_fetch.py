@@ -1,19 +1,19 @@
 """fetch against a real HTTP server on 127.0.0.1: cache, checksum, one retry, mirror, one-line errors."""
 from __future__ import annotations
 
-import functools
 import hashlib
-import http.server
 import socket
-import threading
-from collections import Counter
-from collections.abc import Iterator
+from collections.abc import Callable
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import pytest
 
 from suite.errors import DataError
 from suite.fetch import RemoteFile, data_dir, fetch, md5sum
+
+if TYPE_CHECKING:
+    from conftest import Origin  # the loopback HTTP server, shared with test_ptb.py
 
 SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
 RELPATH = "data/ptb.valid.txt"  # a subfolder, as in an official layout
@@ -21,79 +21,15 @@ CONTENT = b"".join(b" the %d cats sat on the mat <eos>\n" % i for i in range(300
 REMOTE = RemoteFile(RELPATH, hashlib.md5(CONTENT).hexdigest())
 DAMAGED = CONTENT[: len(CONTENT) // 2]  # what a damaged transfer delivers: a truncated body
 
-
-class Origin:
-    """A real HTTP server over a folder in the official layout that counts requests per path
-    and serves a truncated body for the next `damage[path]` requests of that path."""
-
-    def __init__(self, root: Path) -> None:
-        self.root = root
-        self.requests: Counter[str] = Counter()
-        self.damage: Counter[str] = Counter()
-        self._lock = threading.Lock()  # the server answers each request on its own thread
-        handler = functools.partial(_Handler, self, directory=str(root))
-        self.server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
-        self.url = f"http://127.0.0.1:{self.server.server_port}"
-
-    def record(self, relpath: str) -> bool:
-        """Count one request of `relpath`; True if this one is to be served damaged."""
-        with self._lock:
-            self.requests[relpath] += 1
-            damaged = self.damage[relpath] > 0
-            self.damage[relpath] -= damaged
-            return damaged
-
-
-class _Handler(http.server.SimpleHTTPRequestHandler):
-    def __init__(self, origin: Origin, *args, **kwargs) -> None:
-        self.origin = origin  # set first: the base __init__ already handles the request
-        super().__init__(*args, **kwargs)
-
-    def do_GET(self) -> None:
-        relpath = self.path.lstrip("/")
-        if not self.origin.record(relpath):
-            return super().do_GET()
-        good = (self.origin.root / relpath).read_bytes()
-        body = good[: len(good) // 2]
-        self.send_response(200)
-        self.send_header("Content-Length", str(len(body)))
-        self.end_headers()
-        self.wfile.write(body)
-
-    def log_message(self, *args) -> None:
-        """Silent: request lines would only clutter pytest output."""
-
-
-@pytest.fixture(autouse=True)
-def cache(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
-    """Every test gets its own empty cache and no mirror, whatever the user's environment says."""
-    monkeypatch.setenv("SUITE_DATA_DIR", str(tmp_path / "cache"))
-    monkeypatch.delenv("SUITE_DATA_MIRROR", raising=False)
-    return tmp_path / "cache"
+pytestmark = pytest.mark.usefixtures("cache")  # every test: its own empty cache, no mirror (conftest.py)
 
 
 @pytest.fixture
-def origin(tmp_path: Path) -> Iterator[Origin]:
+def origin(tmp_path: Path, serve: Callable[[Path], Origin]) -> Origin:
     root = tmp_path / "origin"
     (root / RELPATH).parent.mkdir(parents=True)
     (root / RELPATH).write_bytes(CONTENT)
-    server = Origin(root)
-    # A short poll interval: shutdown() waits one interval, 0.5 s by default, on every test.
-    thread = threading.Thread(target=server.server.serve_forever, args=(0.01,), daemon=True)
-    thread.start()
-    yield server
-    server.server.shutdown()
-    server.server.server_close()
-    thread.join()
-
-
-@pytest.fixture
-def dead_url() -> str:
-    """URL of a port nobody listens on: connections are refused at once."""
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port = sock.getsockname()[1]
-    return f"http://127.0.0.1:{port}"
+    return serve(root)
 
 
 def test_first_fetch_downloads_and_second_uses_cache(origin: Origin, capsys: pytest.CaptureFixture) -> None:

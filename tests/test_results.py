@@ -1,0 +1,61 @@
+import json
+import math
+
+import pytest
+from tiny import tiny_config
+
+from suite import experiment
+from suite.errors import UserError
+from suite.results import load_record, validate, write_record
+
+
+@pytest.fixture(scope="module")
+def record_file(tmp_path_factory):
+    cfg = tiny_config("gru", "budget.max_units=2000", "budget.max_seconds=None")
+    _, path = experiment.run(cfg, tmp_path_factory.mktemp("results"), progress_bar=False)
+    return path
+
+
+def test_record_round_trips_and_carries_what_the_issue_lists(record_file):
+    raw = json.loads(record_file.read_text())
+    assert load_record(record_file) == raw
+    assert raw["schema_version"] == 1 and raw["status"] == "completed" and raw["stopped_by"] == "max_units"
+    assert raw["config"]["model"] == "gru" and raw["config"]["backbone"]["hidden_size"] == 16
+    assert raw["data"]["synthetic"] is True and set(raw["data"]["checksums"]) == {"train", "valid", "test"}
+    assert raw["metrics"]["test"]["ppl"] > 0 and raw["learning_curve"][-1]["units"] == raw["budget_used"]["units"]
+    assert raw["budget_used"]["units"] >= 2000 and raw["throughput"]["train_units_per_s"] > 0
+    assert raw["memory"]["kind"] == "rss" and raw["memory"]["peak_bytes"] > 10 * 2**20
+    env = raw["environment"]
+    assert env["torch"].startswith("2.11.0") and env["seeds"]["torch"] == 1 and env["hostname"]
+    assert raw["model"]["params"] > 0 and raw["model"]["flops_per_unit"] > 0
+    assert raw["reference"]["optimal"]["ppl"] < raw["reference"]["test"]["ppl"]
+
+
+def test_corrupt_and_invalid_records_are_refused(record_file, tmp_path):
+    bad = tmp_path / "bad.json"
+    bad.write_text(record_file.read_text()[:-40])
+    with pytest.raises(UserError, match=r"bad.json is not valid JSON"):
+        load_record(bad)
+    data = json.loads(record_file.read_text())
+    data["status"] = "finished"
+    bad.write_text(json.dumps(data))
+    with pytest.raises(UserError, match=r"invalid at status: 'finished' is not one of"):
+        load_record(bad)
+    data = json.loads(record_file.read_text())
+    data["schema_version"] = 99
+    bad.write_text(json.dumps(data))
+    with pytest.raises(UserError, match="schema version 99, expected 1"):
+        load_record(bad)
+    with pytest.raises(UserError, match="no result record at"):
+        load_record(tmp_path / "missing.json")
+
+
+def test_write_is_atomic_and_stores_non_finite_as_null(record_file, tmp_path):
+    data = json.loads(record_file.read_text())
+    data["metrics"]["valid"]["ppl"] = math.nan
+    out = write_record(data, tmp_path / "r.json")
+    assert json.loads(out.read_text())["metrics"]["valid"]["ppl"] is None
+    assert [p.name for p in tmp_path.iterdir()] == ["r.json"]  # no temporary file left behind
+    data["run_id"] = ""
+    with pytest.raises(ValueError, match="run_id"):
+        validate(data)
