@@ -191,8 +191,12 @@ def parse_overrides(pairs: list[str]) -> dict[str, Any]:
 
 
 def apply_overrides(sections: dict[str, Any], overrides: dict[str, Any]) -> dict[str, Any]:
-    """Replace fields in the section dataclasses, type-checked against the field's annotation."""
-    sections = dict(sections)
+    """Replace fields in the section dataclasses, type-checked against the field's annotation.
+
+    Each section is replaced once with all its changes, so that validation sees the final combination
+    (e.g. budget.max_seconds=None together with budget.max_units=1000).
+    """
+    changes: dict[str, dict[str, Any]] = {}
     for key, value in overrides.items():
         section, _, name = key.partition(".")
         target = sections.get(section)
@@ -203,8 +207,8 @@ def apply_overrides(sections: dict[str, Any], overrides: dict[str, Any]) -> dict
             hint = f"did you mean {close[0]}?" if close else f"valid keys: {', '.join(valid)}"
             raise UserError(f"unknown config key {key!r}: {hint}")
         hint = typing.get_type_hints(type(target))[name]
-        sections[section] = dataclasses.replace(target, **{name: _coerce(key, value, hint)})
-    return sections
+        changes.setdefault(section, {})[name] = _coerce(key, value, hint)
+    return {s: dataclasses.replace(d, **changes[s]) if s in changes else d for s, d in sections.items()}
 
 
 def _coerce(key: str, value: Any, hint: Any) -> Any:

@@ -1,0 +1,127 @@
+"""Shared pieces of the benchmark scripts: configs, training through the real Trainer, interleaved
+repeats, a small table printer and the JSON writer.
+
+Benchmarks report ratios against a reference run in the same process, never timing asserts: two
+runs measured minutes apart on a shared machine differ by more than the effects we look for.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import sys
+import tempfile
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from suite.config import RunConfig, build_config
+from suite.environment import device_name
+from suite.registry import MODELS, load_plugins
+from suite.runner import Outcome, Trainer, seed_everything
+from tasks.ptb import PTB
+
+ROOT = Path(__file__).resolve().parents[1]
+DATA_NOTE = ("data: the synthetic PTB source (source='synthetic', a 10k-word class Markov language); "
+             "ptb.train.txt is not used, so figures are speed figures and perplexities are not PTB's")
+# Zaremba's small LSTM shape (2x200) at the pytorch/examples batch and window (20 x 35).
+LSTM_2X200 = ["backbone.hidden_size=200", "backbone.num_layers=2", "options.emb_size=200",
+              "train.batch_size=20", "options.bptt=35"]
+SIZES = {"smoke": [], "2x200": LSTM_2X200}
+
+load_plugins()
+
+
+def ptb_config(model: str = "lstm", budget: str = "smoke", overrides: list[str] = (), *, units: int | None = None,
+               precision: str = "fp32", device: str = "cpu") -> RunConfig:
+    """A synthetic-PTB RunConfig; with `units`, the budget is exactly that many units, no time limit,
+    no checkpoints and no evaluation before the end, so that only training steps are measured."""
+    fixed = []
+    if units is not None:
+        # max_units before max_seconds=None: each override is validated on its own and a budget needs a limit.
+        fixed = [f"budget.max_units={units}", "budget.max_seconds=None", "budget.max_epochs=None",
+                 "budget.eval_every_units=None", "budget.checkpoint_every_seconds=1e9"]
+    return build_config("ptb", model, budget=budget, overrides=[*fixed, *overrides], options_cls=PTB.Options,
+                        presets=PTB.presets, source="synthetic", device=device, precision=precision)
+
+
+def prepare_task(cfg: RunConfig) -> PTB:
+    """The PTB task of `cfg` with its data generated; reusable by every run with the same options and batch."""
+    task = PTB(cfg, torch.device(cfg.device))
+    task.prepare()
+    return task
+
+
+def build_model(cfg: RunConfig, task: PTB) -> nn.Module:
+    """The language model of `cfg`, seeded so that every call gives the same initial weights."""
+    seed_everything(cfg.seed)
+    return task.build(lambda n: MODELS[cfg.model](n, cfg.backbone)).to(torch.device(cfg.device))
+
+
+def train(cfg: RunConfig, task: PTB, model: nn.Module) -> Outcome:
+    """Train through the suite's Trainer, with its checkpoints in a throw-away folder."""
+    with tempfile.TemporaryDirectory(prefix="seqsuite-bench-") as tmp:
+        return Trainer(cfg, task, model, torch.device(cfg.device), Path(tmp), progress_bar=False).run()
+
+
+def units_per_s(outcome: Outcome) -> float:
+    """The Trainer's throughput: units per second over the steps after budget.warmup_steps."""
+    p = outcome.progress
+    return p.measured_units / p.measured_seconds
+
+
+def interleaved(runs: dict[str, Callable[[], float]], repeats: int) -> dict[str, list[float]]:
+    """Call every run `repeats` times, reversing the order on every other repeat, so that slow drift
+    (thermal, other processes) and any first-run or second-run advantage fall on both sides alike."""
+    values: dict[str, list[float]] = {name: [] for name in runs}
+    for r in range(repeats):
+        order = list(runs) if r % 2 == 0 else list(reversed(runs))
+        for name in order:
+            values[name].append(runs[name]())
+    return values
+
+
+def median(values: list[float]) -> float:
+    return statistics.median(values)
+
+
+def environment(device: torch.device) -> dict[str, Any]:
+    """What the figures were measured on, including the load average: other processes skew CPU timings."""
+    return {"device": str(device), "device_name": device_name(device), "torch": torch.__version__,
+            "torch_threads": torch.get_num_threads(), "cpu_count": os.cpu_count(),
+            "loadavg_at_start": os.getloadavg(), "data": DATA_NOTE}
+
+
+def print_table(title: str, header: list[str], rows: list[list[Any]]) -> None:
+    """A plain fixed-width table; floats with 3 significant decimals or thousands separators."""
+    def cell(v: Any) -> str:
+        if isinstance(v, float):
+            return f"{v:,.0f}" if abs(v) >= 100 else f"{v:.3f}"
+        return "-" if v is None else str(v)
+
+    cells = [header] + [[cell(v) for v in row] for row in rows]
+    widths = [max(len(r[i]) for r in cells) for i in range(len(header))]
+    print(f"\n{title}")
+    for i, row in enumerate(cells):
+        print("  ".join(c.rjust(w) if j else c.ljust(w) for j, (c, w) in enumerate(zip(row, widths))))
+        if i == 0:
+            print("  ".join("-" * w for w in widths))
+
+
+def parser(name: str, doc: str | None) -> argparse.ArgumentParser:
+    """An argument parser with the --out option every benchmark has."""
+    p = argparse.ArgumentParser(description=doc, formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "out" / f"{name}.json",
+                   help="where to write the figures as JSON")
+    return p
+
+
+def write_json(path: Path, figures: dict[str, Any]) -> None:
+    figures = {**figures, "loadavg_at_end": os.getloadavg()}
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(figures, indent=2) + "\n")
+    print(f"\nwrote {path}", file=sys.stderr)
