@@ -52,6 +52,8 @@ def _setup(cfg: RunConfig) -> tuple[Task, nn.Module, torch.device]:
     task_cls, model_cls = registry.get("task", cfg.task), registry.get("model", cfg.model)
     check_applicable(task_cls, model_cls)
     device = resolve_device(cfg.device)
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
     seed_everything(cfg.seed)
     task = task_cls(cfg, device)
     task.prepare()

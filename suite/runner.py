@@ -309,12 +309,12 @@ class _Bar:
 
     def update(self, loss: float) -> None:
         p, budget = self.trainer.progress, self.trainer.cfg.budget
-        self.bar.n = p.units if self.by_units else min(p.seconds, self.bar.total)
         left = f"{budget.max_seconds - p.seconds:.0f}s" if budget.max_seconds else "-"
         rate = p.measured_units / p.measured_seconds if p.measured_seconds else 0.0
         self.bar.set_postfix(loss=f"{loss:.3f}", rate=f"{rate:,.0f} {self.trainer.task.unit}/s", time_left=left,
                              refresh=False)
-        self.bar.refresh()
+        done = p.units if self.by_units else min(p.seconds, self.bar.total)
+        self.bar.update(done - self.bar.n)  # tqdm redraws at most every `mininterval`, not every step
 
     def close(self) -> None:
         self.bar.close()
