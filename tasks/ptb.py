@@ -58,7 +58,7 @@ class PTBOptions:
     init_range: float | None = None
     """Every parameter uniform(-r, r) as in Zaremba et al.; None keeps the backbone's own init."""
     synthetic_tokens: int = 600_000
-    """Training tokens of the synthetic source (valid and test get a tenth each)."""
+    """Training tokens of the synthetic source (valid and test get a twentieth each)."""
     synthetic_seed: int = 0
     """Seed of the synthetic language (fixed across run seeds so that runs compare)."""
 
