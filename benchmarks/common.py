@@ -12,6 +12,7 @@ import os
 import statistics
 import sys
 import tempfile
+import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -42,7 +43,6 @@ def ptb_config(model: str = "lstm", budget: str = "smoke", overrides: list[str] 
     no checkpoints and no evaluation before the end, so that only training steps are measured."""
     fixed = []
     if units is not None:
-        # max_units before max_seconds=None: each override is validated on its own and a budget needs a limit.
         fixed = [f"budget.max_units={units}", "budget.max_seconds=None", "budget.max_epochs=None",
                  "budget.eval_every_units=None", "budget.checkpoint_every_seconds=1e9"]
     return build_config("ptb", model, budget=budget, overrides=[*fixed, *overrides], options_cls=PTB.Options,
@@ -74,10 +74,10 @@ def units_per_s(outcome: Outcome) -> float:
     return p.measured_units / p.measured_seconds
 
 
-def interleaved(runs: dict[str, Callable[[], float]], repeats: int) -> dict[str, list[float]]:
+def interleaved(runs: dict[Any, Callable[[], Any]], repeats: int) -> dict[Any, list[Any]]:
     """Call every run `repeats` times, reversing the order on every other repeat, so that slow drift
     (thermal, other processes) and any first-run or second-run advantage fall on both sides alike."""
-    values: dict[str, list[float]] = {name: [] for name in runs}
+    values: dict[Any, list[Any]] = {name: [] for name in runs}
     for r in range(repeats):
         order = list(runs) if r % 2 == 0 else list(reversed(runs))
         for name in order:
@@ -90,17 +90,23 @@ def median(values: list[float]) -> float:
 
 
 def environment(device: torch.device) -> dict[str, Any]:
-    """What the figures were measured on, including the load average: other processes skew CPU timings."""
+    """What the figures were measured on, including how busy the CPU was: other processes skew CPU timings."""
+    busy = cpu_busy()
+    if busy is not None and busy > 0.25 and torch.get_num_threads() >= (os.cpu_count() or 1):
+        # Measured here: with every core taken by torch and another process running, each OpenMP region
+        # waits for a descheduled sibling thread and a 1 ms call can take 300 ms.
+        print(f"warning: other processes keep {busy:.0%} of the CPU busy and torch uses every core: runs can be "
+              "many times slower and uneven; --threads 1 gives steadier figures", file=sys.stderr)
     return {"device": str(device), "device_name": device_name(device), "torch": torch.__version__,
-            "torch_threads": torch.get_num_threads(), "cpu_count": os.cpu_count(),
+            "torch_threads": torch.get_num_threads(), "cpu_count": os.cpu_count(), "cpu_busy_at_start": busy,
             "loadavg_at_start": os.getloadavg(), "data": DATA_NOTE}
 
 
 def print_table(title: str, header: list[str], rows: list[list[Any]]) -> None:
-    """A plain fixed-width table; floats with 3 significant decimals or thousands separators."""
+    """A plain fixed-width table; floats get fewer decimals as they grow."""
     def cell(v: Any) -> str:
         if isinstance(v, float):
-            return f"{v:,.0f}" if abs(v) >= 100 else f"{v:.3f}"
+            return f"{v:,.0f}" if abs(v) >= 1000 else f"{v:.1f}" if abs(v) >= 100 else f"{v:.3f}"
         return "-" if v is None else str(v)
 
     cells = [header] + [[cell(v) for v in row] for row in rows]
@@ -113,11 +119,37 @@ def print_table(title: str, header: list[str], rows: list[list[Any]]) -> None:
 
 
 def parser(name: str, doc: str | None) -> argparse.ArgumentParser:
-    """An argument parser with the --out option every benchmark has."""
+    """An argument parser with the options every benchmark has (--out, --threads)."""
     p = argparse.ArgumentParser(description=doc, formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     p.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "out" / f"{name}.json",
                    help="where to write the figures as JSON")
+    p.add_argument("--threads", type=int, default=None,
+                   help="torch CPU threads (default: torch's choice, one per core); on a machine that other "
+                        "processes keep busy, 1 thread gives far steadier figures than oversubscribed cores")
     return p
+
+
+def parse(p: argparse.ArgumentParser) -> argparse.Namespace:
+    """Parse the arguments and apply --threads before any tensor work."""
+    args = p.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    return args
+
+
+def cpu_busy(seconds: float = 0.5) -> float | None:
+    """Fraction of all cores that other processes kept busy over `seconds` (from /proc/stat), or None."""
+    def sample() -> tuple[int, int]:
+        values = [int(v) for v in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
+        return values[3] + values[4], sum(values)  # idle + iowait, total
+
+    try:
+        idle0, total0 = sample()
+        time.sleep(seconds)
+        idle1, total1 = sample()
+    except (OSError, ValueError, IndexError):
+        return None
+    return 1 - (idle1 - idle0) / max(1, total1 - total0)
 
 
 def write_json(path: Path, figures: dict[str, Any]) -> None:

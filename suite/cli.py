@@ -23,7 +23,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {exc}", file=sys.stderr)
         return EXIT_USER
     except KeyboardInterrupt:
-        print("error: interrupted outside training; records already written are kept, rerun with --resume", file=sys.stderr)
+        print("error: interrupted outside training; records already written are kept, rerun with --resume",
+              file=sys.stderr)
         return 130
 
 
