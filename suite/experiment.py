@@ -5,6 +5,7 @@ them (suite/compress.py), optionally fine-tune, and measure quality, size and la
 """
 from __future__ import annotations
 
+import copy
 import dataclasses
 import datetime as dt
 from pathlib import Path
@@ -154,31 +155,41 @@ def run_variant(variant: str, finetune_units: int, parent: dict[str, Any], paren
     task, model, device = _setup(cfg)
     model.load_state_dict(torch.load(parent["checkpoint"], map_location=device)["model"])
     args = task.sample_input(*LATENCY_SHAPE)
-    parent_bytes, parent_zbytes = compress.serialized_size(model)
-    parent_latency = compress.latency_ms(model, args)  # same device and process as the variant's figure
+    before = {"bytes": compress.serialized_size(model), "latency": cpu_latency_ms(model, args)}
     model, notes, trainer, outcome = _compress(cfg, task, model, device, parent, results_dir, progress_bar)
-    latency = compress.latency_ms(model, args)
     precision = "fp32" if variant.startswith("quant") else cfg.precision
     if precision != cfg.precision:
         notes.append(f"int8 model evaluated without {cfg.precision} autocast; the parent's metrics used it")
     metrics = {s: evaluate(task, model, PrecisionPolicy(precision, device), s)[0] for s in ("valid", "test")}
     record = base_record(cfg, task, model, device)
+    record["model"]["params"] = parent["model"]["params"]  # the parent's count: quantized params are packed
     if outcome is not None:
         fill_outcome(record, outcome, trainer, metrics, device)
     else:
         record.update(status="completed", metrics=metrics)
-    size, zsize = compress.serialized_size(model)
-    record["variant"] = {
-        "name": variant, "parent_run_id": parent["run_id"], "parent_record": str(parent_path),
-        "sparsity": compress.sparsity(model) if variant.startswith("prune") else 0.0,
-        "size_bytes": size, "parent_size_bytes": parent_bytes, "compressed_bytes": zsize,
-        "parent_compressed_bytes": parent_zbytes, "latency_ms": latency, "parent_latency_ms": parent_latency,
-        "finetune_units": finetune_units, "notes": notes,
-        "quality_delta": {f"{s}/{k}": v - parent["metrics"][s][k] for s in metrics for k, v in metrics[s].items()
-                          if parent["metrics"].get(s, {}).get(k) is not None},
-    }
-    record["model"]["params"] = parent["model"]["params"]
+    record["variant"] = _variant_fields(cfg, model, args, parent, parent_path, before, metrics, notes)
     return record, write_record(record, record_path(results_dir, record))
+
+
+def cpu_latency_ms(model: nn.Module, args: tuple) -> float:
+    """Latency of one call on the CPU (the deployment case the variants target), whatever the run's device."""
+    if any(p.device.type != "cpu" for p in model.parameters()):
+        model, args = copy.deepcopy(model).cpu(), tuple(a.cpu() for a in args)
+    return compress.latency_ms(model, args)
+
+
+def _variant_fields(cfg: RunConfig, model: nn.Module, args: tuple, parent: dict[str, Any], parent_path: Path,
+                    before: dict[str, Any], metrics: dict[str, dict[str, float]], notes: list[str]) -> dict[str, Any]:
+    """The variant block of a record: what it costs and saves against the parent, measured in one process."""
+    size, zsize = compress.serialized_size(model)
+    delta = {f"{s}/{k}": v - parent["metrics"][s][k] for s in metrics for k, v in metrics[s].items()
+             if parent["metrics"].get(s, {}).get(k) is not None}
+    return {"name": cfg.variant, "parent_run_id": parent["run_id"], "parent_record": str(parent_path),
+            "sparsity": compress.sparsity(model) if cfg.variant.startswith("prune") else 0.0,
+            "size_bytes": size, "parent_size_bytes": before["bytes"][0], "compressed_bytes": zsize,
+            "parent_compressed_bytes": before["bytes"][1], "latency_ms": cpu_latency_ms(model, args),
+            "parent_latency_ms": before["latency"], "finetune_units": cfg.finetune_units, "notes": notes,
+            "quality_delta": delta}
 
 
 def _compress(cfg: RunConfig, task: Task, model: nn.Module, device: torch.device, parent: dict[str, Any],
