@@ -84,6 +84,8 @@ def cmd_run(args: argparse.Namespace) -> int:
               "set SUITE_DEBUG=1 for the traceback", file=sys.stderr)
         return EXIT_RUN
     print(f"{record['status']}: {one_line(record)}\nrecord: {path}")
+    for note in (record["variant"] or {}).get("notes", []):
+        print(f"note: {note}", file=sys.stderr)
     if record["status"] == "interrupted":
         print("resume with the same command and --resume", file=sys.stderr)
         return 130 if record["stopped_by"] == "SIGINT" else 143
@@ -98,6 +100,12 @@ def one_line(record: dict[str, Any]) -> str:
     metric = task["primary_metric"]
     value = record["metrics"].get("test", {}).get(metric)
     shown = f"test {metric} {value:.2f}" if value is not None else "no test metric"
+    if record["variant"]:
+        v = record["variant"]
+        delta = v["quality_delta"].get(f"test/{metric}")
+        change = f" ({delta:+.2f} vs parent)" if delta is not None else ""
+        return f"{v['name']} of {v['parent_run_id']}: {shown}{change}, sparsity {v['sparsity']:.0%}, " \
+               f"{v['size_bytes']:,} B, {v['latency_ms']:.2f} ms at batch 1 x 35 (parent {v['parent_latency_ms']:.2f})"
     rate = record["throughput"]["train_units_per_s"]
     speed = f", {rate:,.0f} {task['unit']}/s" if rate else ""
     return f"{record['config']['task']}/{record['config']['model']} {shown} after {used['units']:,} " \

@@ -75,6 +75,13 @@ def test_run_then_show(tmp_path):
     assert shown.returncode == 0, shown.stderr
     ppl = record["metrics"]["test"]["ppl"]
     assert f"ppl {ppl:.4g}" in shown.stdout and "SYNTHETIC" in shown.stdout and record["run_id"] in shown.stdout
+    variant = suite("run", "--task", "ptb", "--model", "gru", "--source", "synthetic", "--budget", "smoke",
+                    "--device", "cpu", "--results", str(tmp_path), "--set", "budget.max_seconds=3",
+                    "--set", "options.synthetic_tokens=40000", "--variant", "quant-dynamic-int8")
+    assert variant.returncode == 0, variant.stderr
+    assert f"quant-dynamic-int8 of {record['run_id']}: test ppl" in variant.stdout
+    (child,) = (tmp_path / "ptb" / "gru").glob("*quant-dynamic-int8*.json")
+    assert load_record(child)["variant"]["parent_record"] == str(path)
     path.write_text(json.dumps({**record, "status": "bogus"}))
     assert_one_line_error(suite("show", str(path)), "invalid at status")
 
