@@ -6,6 +6,7 @@ import platform
 import resource
 import socket
 import subprocess
+from importlib import metadata
 from pathlib import Path
 from typing import Any
 
@@ -42,10 +43,15 @@ def git_commit() -> str | None:
     return commit
 
 
-def fingerprint(device: torch.device, seed: int) -> dict[str, Any]:
-    import torchaudio
-    import torchvision
+def _version(dist: str) -> str | None:
+    """An installed distribution's version, read from its metadata (importing torchaudio costs a second)."""
+    try:
+        return metadata.version(dist)
+    except metadata.PackageNotFoundError:
+        return None
 
+
+def fingerprint(device: torch.device, seed: int) -> dict[str, Any]:
     cuda = device.type == "cuda"
     driver = _run(["nvidia-smi", "--query-gpu=driver_version", "--format=csv,noheader"]) if cuda else None
     return {
@@ -55,8 +61,8 @@ def fingerprint(device: torch.device, seed: int) -> dict[str, Any]:
         "cuda": torch.version.cuda if cuda else None,
         "cudnn": torch.backends.cudnn.version() if cuda else None,
         "torch": torch.__version__,
-        "torchvision": torchvision.__version__,
-        "torchaudio": torchaudio.__version__,
+        "torchvision": _version("torchvision"),
+        "torchaudio": _version("torchaudio"),
         "python": platform.python_version(),
         "cpu_threads": torch.get_num_threads(),
         "git_commit": git_commit(),

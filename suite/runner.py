@@ -11,6 +11,7 @@ import os
 import random
 import signal
 import sys
+import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -123,7 +124,9 @@ class Trainer:
             self._load_checkpoint()
         elif resume:
             print(f"no checkpoint at {self.last_path}: starting from scratch", file=sys.stderr)
-        old = {s: signal.signal(s, self._on_signal) for s in (signal.SIGTERM, signal.SIGINT)}
+        # Signal handlers can only be set from the main thread; elsewhere the caller owns shutdown.
+        main = threading.current_thread() is threading.main_thread()
+        old = {s: signal.signal(s, self._on_signal) for s in (signal.SIGTERM, signal.SIGINT)} if main else {}
         try:
             outcome = self._loop()
         finally:
