@@ -19,7 +19,8 @@ from suite.config import Budget, RunConfig, config_from_dict
 from suite.environment import fingerprint, peak_memory
 from suite.errors import UserError
 from suite.precision import PrecisionPolicy
-from suite.results import load_record, record_path, write_record
+from suite.reference import reference_throughput
+from suite.results import SCHEMA_VERSION, load_record, record_path, write_record
 from suite.runner import Outcome, Trainer, evaluate, seed_everything
 from tasks.base import Task
 
@@ -69,6 +70,7 @@ def run(cfg: RunConfig, results_dir: Path, resume: bool = False, progress_bar: b
     ckpt = checkpoint_dir(results_dir, cfg.run_id)
     trainer = Trainer(cfg, task, model, device, ckpt, progress_bar=progress_bar)
     record = base_record(cfg, task, model, device)
+    record["throughput"]["reference_units_per_s"] = reference_throughput(device)
     path = record_path(results_dir, record)
     try:
         outcome = trainer.run(resume)
@@ -91,19 +93,21 @@ def base_record(cfg: RunConfig, task: Task, model: nn.Module, device: torch.devi
     """The record's fields known before training; status starts as failed until training ends."""
     info = task.data_info()
     return {
-        "schema_version": 1, "run_id": cfg.run_id, "created": dt.datetime.now(dt.UTC).isoformat(),
+        "schema_version": SCHEMA_VERSION, "run_id": cfg.run_id, "created": dt.datetime.now(dt.UTC).isoformat(),
         "status": "failed", "stopped_by": None, "error": None,
         "task": {"name": task.name, "version": task.version, "unit": task.unit, "causal": task.causal,
                  "primary_metric": task.primary_metric, "metrics": dict(task.metrics),
                  "reference_name": task.reference_name},
         "model": {"name": cfg.model, "causal": type(model_backbone(model)).causal,
-                  "params": sum(p.numel() for p in model.parameters()), "flops_per_unit": task.flops_per_unit(model)},
+                  "params": sum(p.numel() for p in model.parameters()), "flops_per_unit": task.flops_per_unit(model),
+                  "size_bytes": compress.serialized_size(model)[0]},
         "config": cfg.to_dict(),
         "data": {**info, "synthetic": cfg.source == "synthetic"},
         "metrics": {}, "reference": task.reference(), "learning_curve": [],
         "budget_used": {"seconds": 0.0, "units": 0, "epochs": 0.0, "steps": 0, "max_seconds": None,
                         "unit_limit": None},
-        "throughput": {"unit": task.unit, "train_units_per_s": None, "eval_units_per_s": None},
+        "throughput": {"unit": task.unit, "train_units_per_s": None, "eval_units_per_s": None,
+                       "reference_units_per_s": None, "normalized": None},
         "memory": peak_memory(device), "variant": None, "checkpoint": None,
         "environment": fingerprint(device, cfg.seed),
     }
@@ -122,9 +126,10 @@ def fill_outcome(record: dict[str, Any], outcome: Outcome, trainer: Trainer, met
     record["budget_used"] = {"seconds": p.seconds, "units": p.units, "epochs": p.units / trainer.task.units_per_epoch(),
                              "steps": p.steps, "max_seconds": trainer.cfg.budget.max_seconds,
                              "unit_limit": None if limit == float("inf") else limit}
-    record["throughput"].update(
-        train_units_per_s=(p.measured_units / p.measured_seconds) if p.measured_seconds else None,
-        eval_units_per_s=(p.eval_units / p.eval_seconds) if p.eval_seconds else None)
+    train = (p.measured_units / p.measured_seconds) if p.measured_seconds else None
+    reference = record["throughput"]["reference_units_per_s"]
+    record["throughput"].update(train_units_per_s=train, normalized=train / reference if train and reference else None,
+                                eval_units_per_s=(p.eval_units / p.eval_seconds) if p.eval_seconds else None)
 
 
 def find_parent(dense_cfg: RunConfig, results_dir: Path, parent: Path | None) -> tuple[dict[str, Any], Path]:

@@ -15,7 +15,7 @@ import jsonschema
 
 from suite.errors import UserError
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 SCHEMA_PATH = Path(__file__).with_name("schemas") / f"result-v{SCHEMA_VERSION}.json"
 
 
@@ -58,13 +58,37 @@ def load_record(path: Path) -> dict[str, Any]:
         raise UserError(f"no result record at {path}") from None
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:
         raise UserError(f"result record {path} is not valid JSON ({exc}); rerun the run that wrote it") from None
-    if not isinstance(record, dict) or record.get("schema_version") != SCHEMA_VERSION:
-        found = record.get("schema_version") if isinstance(record, dict) else None
-        raise UserError(f"result record {path} has schema version {found!r}, expected {SCHEMA_VERSION}")
+    found = record.get("schema_version") if isinstance(record, dict) else None
+    if isinstance(found, int) and found < SCHEMA_VERSION and found in MIGRATIONS:
+        record = migrate(record)
+    elif found != SCHEMA_VERSION:
+        newer = isinstance(found, int) and found > SCHEMA_VERSION
+        fix = "upgrade seqsuite to read it" if newer else "it is not a seqsuite record, or rerun the run"
+        raise UserError(f"result record {path} has schema version {found!r}, this seqsuite reads "
+                        f"1..{SCHEMA_VERSION}: {fix}")
     try:
         validate(record)
     except ValueError as exc:
         raise UserError(f"result record {path} is invalid at {exc}") from None
+    return record
+
+
+def _v1_to_v2(record: dict[str, Any]) -> dict[str, Any]:
+    """v2 added the serialized model size and the reference-loop throughput; v1 never measured them."""
+    record["model"] = {**record["model"], "size_bytes": None}
+    record["throughput"] = {**record["throughput"], "reference_units_per_s": None, "normalized": None}
+    return record
+
+
+MIGRATIONS = {1: _v1_to_v2}  # version -> function that lifts a record to version + 1
+
+
+def migrate(record: dict[str, Any]) -> dict[str, Any]:
+    """Lift an older record, one version at a time, to the current schema (in memory; the file stays)."""
+    record = dict(record)
+    while record["schema_version"] < SCHEMA_VERSION:
+        record = MIGRATIONS[record["schema_version"]](record)
+        record["schema_version"] += 1
     return record
 
 

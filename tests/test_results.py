@@ -19,11 +19,15 @@ def record_file(tmp_path_factory):
 def test_record_round_trips_and_carries_what_the_issue_lists(record_file):
     raw = json.loads(record_file.read_text())
     assert load_record(record_file) == raw
-    assert raw["schema_version"] == 1 and raw["status"] == "completed" and raw["stopped_by"] == "max_units"
+    assert raw["schema_version"] == 2 and raw["status"] == "completed" and raw["stopped_by"] == "max_units"
     assert raw["config"]["model"] == "gru" and raw["config"]["backbone"]["hidden_size"] == 16
     assert raw["data"]["synthetic"] is True and set(raw["data"]["checksums"]) == {"train", "valid", "test"}
     assert raw["metrics"]["test"]["ppl"] > 0 and raw["learning_curve"][-1]["units"] == raw["budget_used"]["units"]
     assert raw["budget_used"]["units"] >= 2000 and raw["throughput"]["train_units_per_s"] > 0
+    tp = raw["throughput"]
+    assert tp["reference_units_per_s"] > 0
+    assert tp["normalized"] == pytest.approx(tp["train_units_per_s"] / tp["reference_units_per_s"], rel=1e-12)
+    assert raw["model"]["size_bytes"] > 4 * raw["model"]["params"]  # fp32 weights plus pickle framing
     assert raw["memory"]["kind"] == "rss" and raw["memory"]["peak_bytes"] > 10 * 2**20
     env = raw["environment"]
     assert env["torch"].startswith("2.11.0") and env["seeds"]["torch"] == 1 and env["hostname"]
@@ -44,7 +48,7 @@ def test_corrupt_and_invalid_records_are_refused(record_file, tmp_path):
     data = json.loads(record_file.read_text())
     data["schema_version"] = 99
     bad.write_text(json.dumps(data))
-    with pytest.raises(UserError, match="schema version 99, expected 1"):
+    with pytest.raises(UserError, match="schema version 99, this seqsuite reads 1..2: upgrade seqsuite"):
         load_record(bad)
     with pytest.raises(UserError, match="no result record at"):
         load_record(tmp_path / "missing.json")
@@ -59,3 +63,17 @@ def test_write_is_atomic_and_stores_non_finite_as_null(record_file, tmp_path):
     data["run_id"] = ""
     with pytest.raises(ValueError, match="run_id"):
         validate(data)
+
+
+def test_version_1_records_load_through_the_migration(record_file, tmp_path):
+    v1 = json.loads(record_file.read_text())
+    v1["schema_version"] = 1
+    del v1["model"]["size_bytes"]
+    for key in ("reference_units_per_s", "normalized"):
+        del v1["throughput"][key]
+    old = tmp_path / "old.json"
+    old.write_text(json.dumps(v1))
+    record = load_record(old)
+    assert record["schema_version"] == 2 and record["model"]["size_bytes"] is None
+    assert record["throughput"]["normalized"] is None and record["metrics"] == v1["metrics"]
+    assert json.loads(old.read_text())["schema_version"] == 1  # migration happens in memory only
