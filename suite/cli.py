@@ -30,7 +30,7 @@ def main(argv: list[str] | None = None) -> int:
 
 def parser() -> argparse.ArgumentParser:
     top = argparse.ArgumentParser(prog="suite", description="Benchmark recurrent sequence models.")
-    sub = top.add_subparsers(required=True, metavar="{run,list,show}")
+    sub = top.add_subparsers(required=True, metavar="{run,list,show,leaderboard}")
     run = sub.add_parser("run", help="train and evaluate one baseline on one task; write one JSON record")
     run.add_argument("--task", required=True)
     run.add_argument("--model", required=True)
@@ -51,6 +51,10 @@ def parser() -> argparse.ArgumentParser:
     run.set_defaults(func=cmd_run)
     lst = sub.add_parser("list", help="tasks, models, budgets, precisions, variants and what applies where")
     lst.set_defaults(func=cmd_list)
+    board = sub.add_parser("leaderboard", help="LEADERBOARD.md, leaderboard.json and the static site from records")
+    board.add_argument("--results", type=Path, default=Path("results"), help="results directory to read")
+    board.add_argument("--out", type=Path, help="output directory (default: the results directory)")
+    board.set_defaults(func=cmd_leaderboard)
     show = sub.add_parser("show", help="readable summary of one result record")
     show.add_argument("record", type=Path)
     show.set_defaults(func=cmd_show)
@@ -131,6 +135,18 @@ def cmd_list(args: argparse.Namespace) -> int:
     print("applicability (yes = runs, n/a = not applicable):")
     rows = [[t, *("yes" if m in applicable_models(tc) else "n/a" for m in models)] for t, tc in tasks.items()]
     print(table([["task", *models], *rows], indent=2))
+    return 0
+
+
+def cmd_leaderboard(args: argparse.Namespace) -> int:
+    from suite.leaderboard import build_export, warn_skipped, write_outputs
+
+    if not args.results.is_dir():
+        raise UserError(f"no results directory at {args.results}: run `suite run ...` first or pass --results DIR")
+    export = build_export(args.results)
+    warn_skipped(export)
+    for path in write_outputs(export, args.results, args.out or args.results):
+        print(f"wrote {path}")
     return 0
 
 

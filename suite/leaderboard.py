@@ -139,3 +139,20 @@ def load_export(path: Path) -> dict[str, Any]:
 def warn_skipped(export: dict[str, Any]) -> None:
     for line in export["skipped"]:
         print(f"warning: skipped {line}", file=sys.stderr)
+
+
+def write_outputs(export: dict[str, Any], results_dir: Path, out_dir: Path) -> list[Path]:
+    """leaderboard.json and LEADERBOARD.md under `out_dir`, each written atomically."""
+    from suite.markdown import render
+
+    out_dir.mkdir(parents=True, exist_ok=True)
+    written = [_atomic_text(out_dir / "leaderboard.json", json.dumps(export, indent=1) + "\n"),
+               _atomic_text(out_dir / "LEADERBOARD.md", render(export, results_dir, out_dir))]
+    return written
+
+
+def _atomic_text(path: Path, text: str) -> Path:
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    tmp.write_text(text, encoding="utf-8")
+    os.replace(tmp, path)
+    return path

@@ -1,0 +1,94 @@
+import json
+import statistics
+import subprocess
+import sys
+
+import pytest
+from tiny import TINY, tiny_config
+
+from suite import experiment
+from suite.leaderboard import build_export, write_outputs
+from suite.results import load_record, record_path, write_record
+
+UNITS = ["budget.max_units=1200", "budget.max_seconds=None"]
+
+
+@pytest.fixture(scope="module")
+def results(tmp_path_factory):
+    """lstm x 2 seeds, gru x 1 (synthetic), one record relabelled as real data, one with an HTML model name."""
+    root = tmp_path_factory.mktemp("results")
+    runs = [experiment.run(tiny_config(m, *UNITS, seed=s), root, progress_bar=False)
+            for m, s in (("lstm", 1), ("lstm", 2), ("gru", 1))]
+    real = json.loads(runs[2][1].read_text())
+    real["config"]["source"] = real["data"]["source"] = "real"
+    real["data"]["synthetic"] = False
+    real["run_id"] += "-real"
+    write_record(real, record_path(root, real))
+    evil = json.loads(runs[0][1].read_text())
+    evil["config"]["model"] = evil["model"]["name"] = "<b>x</b>|y"
+    evil["run_id"] += "-evil"
+    write_record(evil, root / "ptb" / "evil" / "evil.json")
+    return root, runs
+
+
+def board(export, source):
+    (found,) = [b for b in export["boards"] if b["source"] == source]
+    return found
+
+
+def test_rows_aggregate_seeds_and_sort_by_the_primary_metric(results):
+    root, runs = results
+    synthetic = board(build_export(root), "synthetic")
+    lstm = next(r for r in synthetic["rows"] if r["model"] == "lstm")
+    ppl = [load_record(p)["metrics"]["test"]["ppl"] for _, p in runs[:2]]
+    assert lstm["seeds"] == [1, 2] and lstm["stats"]["test/ppl"]["n"] == 2
+    assert lstm["stats"]["test/ppl"]["mean"] == pytest.approx(statistics.fmean(ppl), rel=1e-12)
+    assert lstm["stats"]["test/ppl"]["std"] == pytest.approx(statistics.stdev(ppl), rel=1e-12)
+    means = [r["stats"]["test/ppl"]["mean"] for r in synthetic["rows"]]
+    assert means == sorted(means)  # perplexity: lower is better, best first
+    assert synthetic["not_applicable"] == ["brnn"] and set(synthetic["missing"]) == {"rnn", "resrnn"}
+    assert board(build_export(root), "real")["rows"][0]["model"] == "gru"
+
+
+def test_markdown_separates_synthetic_and_escapes_record_strings(results, tmp_path):
+    root, _ = results
+    out = tmp_path / "out"
+    written = write_outputs(build_export(root), root, out)
+    assert [p.name for p in written] == ["leaderboard.json", "LEADERBOARD.md"]
+    text = (out / "LEADERBOARD.md").read_text()
+    real_part, synthetic_part = text.split("## Synthetic data")
+    assert "### ptb · real · budget smoke · fp32" in real_part and "· synthetic ·" not in real_part
+    assert "### ptb · synthetic · budget smoke · fp32" in synthetic_part
+    assert "&lt;b&gt;x&lt;/b&gt;\\|y" in text and "<b>" not in text
+    assert "| brnn |  | n/a: not applicable to this task |" in text and "| rnn | dense | missing: no run |" in text
+    for link in [part.split(")")[0] for part in text.split("](")[1:]]:
+        assert (out / link).resolve().is_file(), link
+    assert json.loads((out / "leaderboard.json").read_text())["format"] == "seqsuite-leaderboard"
+
+
+def test_a_corrupt_record_is_skipped_by_path_not_fatal(results, tmp_path):
+    root, runs = results
+    bad = root / "ptb" / "lstm" / "broken.json"
+    bad.write_text(runs[0][1].read_text()[:100])
+    try:
+        proc = subprocess.run([sys.executable, "-m", "suite.cli", "leaderboard", "--results", str(root), "--out",
+                               str(tmp_path)], capture_output=True, text=True, timeout=120)
+    finally:
+        bad.unlink()
+    assert proc.returncode == 0, proc.stderr
+    assert f"warning: skipped result record {bad} is not valid JSON" in proc.stderr
+    assert "broken.json" in (tmp_path / "LEADERBOARD.md").read_text()  # listed as skipped, not as a row
+
+
+def test_two_runs_writing_into_one_results_directory_lose_nothing(tmp_path):
+    base = [sys.executable, "-m", "suite.cli", "run", "--task", "ptb", "--source", "synthetic", "--budget",
+            "smoke", "--device", "cpu", "--results", str(tmp_path), "--no-progress"]
+    sets = [a for kv in [*TINY, *UNITS] for a in ("--set", kv)]
+    procs = [subprocess.Popen([*base, "--model", m, *sets], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                              text=True) for m in ("rnn", "lstm")]
+    for proc in procs:
+        _, err = proc.communicate(timeout=300)
+        assert proc.returncode == 0, err
+    export = build_export(tmp_path)
+    assert sorted(r["model"] for r in board(export, "synthetic")["rows"]) == ["lstm", "rnn"]
+    assert export["skipped"] == [] and not list(tmp_path.rglob(".*.tmp"))
