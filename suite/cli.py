@@ -30,7 +30,7 @@ def main(argv: list[str] | None = None) -> int:
 
 def parser() -> argparse.ArgumentParser:
     top = argparse.ArgumentParser(prog="suite", description="Benchmark recurrent sequence models.")
-    sub = top.add_subparsers(required=True, metavar="{run,list,show,leaderboard}")
+    sub = top.add_subparsers(required=True, metavar="{run,list,show,leaderboard,compare}")
     run = sub.add_parser("run", help="train and evaluate one baseline on one task; write one JSON record")
     run.add_argument("--task", required=True)
     run.add_argument("--model", required=True)
@@ -55,6 +55,13 @@ def parser() -> argparse.ArgumentParser:
     board.add_argument("--results", type=Path, default=Path("results"), help="results directory to read")
     board.add_argument("--out", type=Path, help="output directory (default: the results directory)")
     board.set_defaults(func=cmd_leaderboard)
+    comp = sub.add_parser("compare", help="gate on quality and speed regressions between two result sets")
+    comp.add_argument("base", type=Path, help="results directory or leaderboard.json of the reference")
+    comp.add_argument("new", type=Path, help="results directory or leaderboard.json to check")
+    comp.add_argument("--config", type=Path, help="TOML tolerances ([kinds] and [metrics] tables)")
+    comp.add_argument("--markdown", type=Path, help="also write the table as Markdown (e.g. $GITHUB_STEP_SUMMARY)")
+    comp.add_argument("--fail-on-missing", action="store_true", help="exit 1 when NEW lacks a row BASE has")
+    comp.set_defaults(func=cmd_compare)
     show = sub.add_parser("show", help="readable summary of one result record")
     show.add_argument("record", type=Path)
     show.set_defaults(func=cmd_show)
@@ -148,6 +155,12 @@ def cmd_leaderboard(args: argparse.Namespace) -> int:
     for path in write_outputs(export, args.results, args.out or args.results):
         print(f"wrote {path}")
     return 0
+
+
+def cmd_compare(args: argparse.Namespace) -> int:
+    from suite.compare import main_compare
+
+    return main_compare(args.base, args.new, args.config, args.markdown, args.fail_on_missing)
 
 
 def cmd_show(args: argparse.Namespace) -> int:

@@ -52,6 +52,7 @@ def config_digest(record: dict[str, Any]) -> str:
 
 
 def stat(values: list[float]) -> dict[str, Any]:
+    """Mean, sample standard deviation (None for one value), count and the values (compare's Welch test)."""
     values = [v for v in values if v is not None]
     if not values:
         return {"mean": None, "std": None, "n": 0, "values": []}
