@@ -48,12 +48,14 @@ def parser() -> argparse.ArgumentParser:
     run.add_argument("--results", type=Path, default=Path("results"), help="results directory")
     run.add_argument("--resume", action="store_true", help="continue from this config's last checkpoint")
     run.add_argument("--no-progress", action="store_true", help="no progress bar even on a terminal")
+    _wandb_flags(run)
     run.set_defaults(func=cmd_run)
     lst = sub.add_parser("list", help="tasks, models, budgets, precisions, variants and what applies where")
     lst.set_defaults(func=cmd_list)
     board = sub.add_parser("leaderboard", help="LEADERBOARD.md, leaderboard.json and the static site from records")
     board.add_argument("--results", type=Path, default=Path("results"), help="results directory to read")
     board.add_argument("--out", type=Path, help="output directory (default: the results directory)")
+    _wandb_flags(board)
     board.set_defaults(func=cmd_leaderboard)
     comp = sub.add_parser("compare", help="gate on quality and speed regressions between two result sets")
     comp.add_argument("base", type=Path, help="results directory or leaderboard.json of the reference")
@@ -66,6 +68,12 @@ def parser() -> argparse.ArgumentParser:
     show.add_argument("record", type=Path)
     show.set_defaults(func=cmd_show)
     return top
+
+
+def _wandb_flags(sub: argparse.ArgumentParser) -> None:
+    sub.add_argument("--wandb", action="store_true", help="also log to Weights & Biases (offline unless logged in)")
+    sub.add_argument("--wandb-project", default=None)
+    sub.add_argument("--wandb-entity", default=None)
 
 
 def cmd_run(args: argparse.Namespace) -> int:
@@ -97,6 +105,9 @@ def cmd_run(args: argparse.Namespace) -> int:
     print(f"{record['status']}: {one_line(record)}\nrecord: {path}")
     for note in (record["variant"] or {}).get("notes", []):
         print(f"note: {note}", file=sys.stderr)
+    if args.wandb:  # after the local record exists: a W&B failure only prints a warning
+        from suite import tracking
+        tracking.log_run(record, args.wandb_project, args.wandb_entity)
     if record["status"] == "interrupted":
         print("resume with the same command and --resume", file=sys.stderr)
         return 130 if record["stopped_by"] == "SIGINT" else 143
@@ -152,8 +163,12 @@ def cmd_leaderboard(args: argparse.Namespace) -> int:
         raise UserError(f"no results directory at {args.results}: run `suite run ...` first or pass --results DIR")
     export = build_export(args.results)
     warn_skipped(export)
-    for path in write_outputs(export, args.results, args.out or args.results):
+    out = args.out or args.results
+    for path in write_outputs(export, args.results, out):
         print(f"wrote {path}")
+    if args.wandb:
+        from suite import tracking
+        tracking.log_leaderboard(export, args.wandb_project, args.wandb_entity, out)
     return 0
 
 
