@@ -164,7 +164,9 @@ def cmd_leaderboard(args: argparse.Namespace) -> int:
     export = build_export(args.results)
     warn_skipped(export)
     out = args.out or args.results
-    for path in write_outputs(export, args.results, out):
+    from suite.site import write_site
+
+    for path in [*write_outputs(export, args.results, out), write_site(export, args.results, out)]:
         print(f"wrote {path}")
     if args.wandb:
         from suite import tracking
