@@ -83,7 +83,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     experiment.check_applicable(task_cls, model_cls)
     cfg = build_config(args.task, args.model, budget=args.budget, overrides=args.set, options_cls=task_cls.Options,
                        presets=task_cls.presets, source=args.source, precision=args.precision, seed=args.seed,
-                       device=args.device)
+                       device=_resolved_device(args.device))
     bar = False if args.no_progress else None
     try:
         if args.variant == "dense":
@@ -115,6 +115,13 @@ def cmd_run(args: argparse.Namespace) -> int:
         print("error: the loss became NaN/inf; lower train.lr or set train.clip", file=sys.stderr)
         return EXIT_RUN
     return 0
+
+
+def _resolved_device(name: str) -> str:
+    """'auto' becomes cpu or cuda before the config is hashed, so one run has one id whichever flag named it."""
+    from suite.experiment import resolve_device
+
+    return resolve_device(name).type if name == "auto" else name
 
 
 def one_line(record: dict[str, Any]) -> str:

@@ -142,8 +142,9 @@ def _index(export: dict[str, Any], side: str) -> tuple[dict[tuple, dict[str, Any
             seen = rows.get(key)
             if seen is None:
                 rows[key] = {"metrics": board["metrics"], "stats": row["stats"], "env": row["environment"],
-                             "digests": [row["config_digest"]]}
+                             "digests": [row["config_digest"]], "unfinished": _unfinished(row)}
                 continue
+            seen["unfinished"] += _unfinished(row)
             names = set(seen["stats"]) | set(row["stats"])
             empty: dict[str, Any] = {"values": []}
             seen["stats"] = {m: leaderboard.stat(seen["stats"].get(m, empty)["values"]
@@ -152,6 +153,11 @@ def _index(export: dict[str, Any], side: str) -> tuple[dict[tuple, dict[str, Any
     notes = [f"{side}: {_label(k)} merges the values of configs {', '.join(r['digests'])}"
              for k, r in rows.items() if len(r["digests"]) > 1]
     return rows, notes
+
+
+def _unfinished(row: dict[str, Any]) -> int:
+    """Runs of a row that diverged, failed or were interrupted: they never reach the statistics."""
+    return sum(n for status, n in row["status"].items() if status not in leaderboard.FINISHED)
 
 
 def _label(key: tuple) -> str:
@@ -172,6 +178,9 @@ def _metric_plan(base: dict[str, Any], new: dict[str, Any]) -> list[tuple[str, s
 
 def _compare_row(label: str, base: dict[str, Any], new: dict[str, Any], tols: dict[str, Any]) -> list[Line]:
     lines = []
+    if new["unfinished"] > base["unfinished"]:  # a run that diverged or failed is a regression, not a gap
+        lines.append(Line(label, "unfinished runs", "regressed", None, None, None,
+                          f"{base['unfinished']} in BASE, {new['unfinished']} in NEW: diverged, failed or interrupted"))
     for name, kind, higher in _metric_plan(base, new):
         b, n = base["stats"].get(name), new["stats"].get(name)
         has_b, has_n = bool(b and b["n"]), bool(n and n["n"])

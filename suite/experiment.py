@@ -8,6 +8,7 @@ from __future__ import annotations
 import copy
 import dataclasses
 import datetime as dt
+import os
 from pathlib import Path
 from typing import Any
 
@@ -71,13 +72,16 @@ def run(cfg: RunConfig, results_dir: Path, resume: bool = False, progress_bar: b
     trainer = Trainer(cfg, task, model, device, ckpt, progress_bar=progress_bar)
     record = base_record(cfg, task, model, device)
     record["throughput"]["reference_units_per_s"] = reference_throughput(device)
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)  # the reference loop's memory is not the run's
     path = record_path(results_dir, record)
     try:
         outcome = trainer.run(resume)
     except UserError:
         raise
     except Exception as exc:  # keep what we know about a crashed run, then let the CLI report it
-        record.update(status="failed", error=f"{type(exc).__name__}: {exc}")
+        fill_outcome(record, Outcome("failed", None, trainer.progress), trainer, {}, device)
+        record.update(error=f"{type(exc).__name__}: {exc}")
         write_record(record, path)
         raise
     metrics = {}
@@ -85,8 +89,16 @@ def run(cfg: RunConfig, results_dir: Path, resume: bool = False, progress_bar: b
         model.load_state_dict(torch.load(trainer.best_path, map_location=device)["model"])
         metrics = {s: evaluate(task, model, trainer.policy, s)[0] for s in ("valid", "test")}
     fill_outcome(record, outcome, trainer, metrics, device)
-    record["checkpoint"] = str(trainer.best_path) if trainer.best_path.exists() else None
-    return record, write_record(record, path)
+    record["checkpoint"] = _relative(trainer.best_path, results_dir) if trainer.best_path.exists() else None
+    written = write_record(record, path)
+    if outcome.status in ("completed", "budget_exhausted"):
+        trainer.last_path.unlink(missing_ok=True)  # only needed to resume; best.pt stays for variants
+    return record, written
+
+
+def _relative(path: Path, results_dir: Path) -> str:
+    """Checkpoint paths are stored relative to the results directory, so a moved tree keeps working."""
+    return os.path.relpath(path, results_dir)
 
 
 def base_record(cfg: RunConfig, task: Task, model: nn.Module, device: torch.device) -> dict[str, Any]:
@@ -144,8 +156,9 @@ def find_parent(dense_cfg: RunConfig, results_dir: Path, parent: Path | None) ->
     if record["variant"] is not None or record["status"] not in ("completed", "budget_exhausted"):
         raise UserError(f"{parent} is not a finished dense run (status {record['status']}); "
                         "a variant needs a trained dense parent")
-    if not record["checkpoint"] or not Path(record["checkpoint"]).exists():
-        raise UserError(f"the parent's weights {record['checkpoint']} are missing: rerun the parent")
+    weights = Path(results_dir) / record["checkpoint"] if record["checkpoint"] else None
+    if weights is None or not weights.exists():
+        raise UserError(f"the parent's weights {weights} are missing: rerun the parent")
     return record, parent
 
 
@@ -158,7 +171,8 @@ def run_variant(variant: str, finetune_units: int, parent: dict[str, Any], paren
     if variant.startswith("quant"):
         cfg = dataclasses.replace(cfg, device="cpu")  # torch.ao dynamic int8 kernels run on CPU only
     task, model, device = _setup(cfg)
-    model.load_state_dict(torch.load(parent["checkpoint"], map_location=device)["model"])
+    weights = Path(results_dir) / parent["checkpoint"]  # stored relative to the results directory
+    model.load_state_dict(torch.load(weights, map_location=device)["model"])
     args = task.sample_input(*LATENCY_SHAPE)
     before = {"bytes": compress.serialized_size(model), "latency": cpu_latency_ms(model, args)}
     model, notes, trainer, outcome = _compress(cfg, task, model, device, parent, results_dir, progress_bar)
@@ -203,6 +217,7 @@ def _compress(cfg: RunConfig, task: Task, model: nn.Module, device: torch.device
     if cfg.variant.startswith("quant"):
         quantized, notes = compress.quantize_dynamic_int8(model)
         return quantized, notes, None, None
+    notes = []
     targets = compress.prune_magnitude(model, int(cfg.variant.rsplit("-", 1)[1]) / 100)
     trainer = outcome = None
     if cfg.finetune_units:
@@ -214,6 +229,11 @@ def _compress(cfg: RunConfig, task: Task, model: nn.Module, device: torch.device
         trainer = Trainer(tune_cfg, task, model, device, checkpoint_dir(results_dir, cfg.run_id),
                           progress_bar=progress_bar)
         outcome = trainer.run()
+        if outcome.status not in ("completed", "budget_exhausted"):
+            raise UserError(f"the fine-tune ended {outcome.status} ({outcome.stopped_by}); no variant record was "
+                            "written: run the variant again")
         model.load_state_dict(torch.load(trainer.best_path, map_location=device)["model"])
+        notes.append(f"fine-tuned {cfg.finetune_units:,} units with the mask fixed, on top of the parent's budget, "
+                     f"at the parent's final learning rate {final_lr:g}")
     compress.make_permanent(targets)
-    return model, [], trainer, outcome
+    return model, notes, trainer, outcome

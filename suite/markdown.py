@@ -3,15 +3,21 @@ from __future__ import annotations
 
 import html
 import os
+import re
 from pathlib import Path
 from typing import Any
+from urllib.parse import quote
 
 ARROW = {True: "↑", False: "↓"}
 
 
+MARKDOWN_SPECIAL = re.compile(r"([\\`*_\[\]()!#|~])")
+
+
 def cell(value: Any) -> str:
-    """A table cell: record strings are escaped so that neither Markdown pipes nor HTML can break out."""
-    return html.escape(str(value)).replace("|", "\\|").replace("\n", " ")
+    """Record text for a table: HTML escaped, Markdown syntax (links, images, emphasis, pipes) backslashed."""
+    text = " ".join(str(value).split())  # newlines and tabs would end the row
+    return MARKDOWN_SPECIAL.sub(r"\\\1", html.escape(text, quote=False))
 
 
 def number(stats: dict[str, Any] | None, digits: int = 4, scale: float = 1.0) -> str:
@@ -44,13 +50,14 @@ def board_table(board: dict[str, Any], results_dir: Path, out_dir: Path) -> list
     others = [m for m in board["metrics"] if m != primary]
     ref = board["reference"]
     ref_value = ref.get("test", {}).get(primary)
+    reference = f"; reference {cell(ref['name'])}: {ref_value:.4g}" if ref_value is not None else ""
     head = [f"### {cell(board['task'])} · {cell(board['source'])} · budget {cell(board['budget'])} · "
             f"{cell(board['precision'])}", "",
-            f"Primary metric: test {primary} {ARROW[higher]} ({'higher' if higher else 'lower'} is better); "
-            f"reference {cell(ref['name'])}: {ref_value:.4g}" if ref_value is not None else "", ""]
-    unit = board["unit"]
-    columns = ["#", "model", "variant", f"test {primary} {ARROW[higher]}", *(f"test {m}" for m in others),
-               f"valid {primary}", f"train {unit}/s", "normalized", "peak memory (MiB)", "params", "size (MB)",
+            f"Primary metric: test {cell(primary)} {ARROW[higher]} ({'higher' if higher else 'lower'} is better)"
+            + reference, ""]
+    unit = cell(board["unit"])
+    columns = ["#", "model", "variant", f"test {cell(primary)} {ARROW[higher]}", *(f"test {cell(m)}" for m in others),
+               f"valid {cell(primary)}", f"train {unit}/s", "normalized", "peak memory (MiB)", "params", "size (MB)",
                "status", "records"]
     rows = [_row(i + 1, r, primary, others, results_dir, out_dir) for i, r in enumerate(board["rows"])]
     rows += [["", cell(m), "", "n/a: not applicable to this task", *[""] * (len(columns) - 4)]
@@ -63,7 +70,7 @@ def board_table(board: dict[str, Any], results_dir: Path, out_dir: Path) -> list
 def _row(rank: int, row: dict[str, Any], primary: str, others: list[str], results_dir: Path,
          out_dir: Path) -> list[str]:
     s = row["stats"]
-    links = ", ".join(f"[{i + 1}]({cell(os.path.relpath(Path(results_dir) / rec, out_dir))})"
+    links = ", ".join(f"[{i + 1}]({quote(os.path.relpath(Path(results_dir) / rec, out_dir))})"
                       for i, rec in enumerate(row["records"]))
     status = ", ".join(f"{cell(k)} {v}" for k, v in sorted(row["status"].items()))
     size = row["variant_info"]["size_bytes"] if row["variant_info"] else row["size_bytes"]

@@ -30,9 +30,14 @@ class _ReferenceLM(nn.Module):
 
 def reference_throughput(device: torch.device) -> float:
     """Tokens per second of the reference loop on `device`, after warm-up (about one second)."""
-    rng_state = torch.get_rng_state()  # leave the run's random stream exactly as it was
+    # Fork CPU and CUDA generators: the run's random streams (dropout masks) must not notice this loop.
+    with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
+        torch.manual_seed(0)
+        return _measure(device)
+
+
+def _measure(device: torch.device) -> float:
     gen = torch.Generator().manual_seed(0)
-    torch.manual_seed(0)
     model = _ReferenceLM().to(device)
     optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
     tokens = torch.randint(VOCAB, (BATCH, BPTT + 1), generator=gen).to(device)
@@ -50,7 +55,6 @@ def reference_throughput(device: torch.device) -> float:
         steps += 1
         if steps > WARMUP_STEPS and time.perf_counter() - start >= MEASURE_SECONDS:
             break
-    torch.set_rng_state(rng_state)
     return (steps - WARMUP_STEPS) * BATCH * BPTT / (time.perf_counter() - start)
 
 

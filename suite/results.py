@@ -56,7 +56,9 @@ def load_record(path: Path) -> dict[str, Any]:
         record = json.loads(path.read_text())
     except FileNotFoundError:
         raise UserError(f"no result record at {path}") from None
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+    except IsADirectoryError:
+        raise UserError(f"{path} is a directory: pass one result record (a .json file)") from None
+    except (json.JSONDecodeError, UnicodeDecodeError, OSError) as exc:
         raise UserError(f"result record {path} is not valid JSON ({exc}); rerun the run that wrote it") from None
     found = record.get("schema_version") if isinstance(record, dict) else None
     if isinstance(found, int) and found < SCHEMA_VERSION and found in MIGRATIONS:
@@ -70,6 +72,8 @@ def load_record(path: Path) -> dict[str, Any]:
         validate(record)
     except ValueError as exc:
         raise UserError(f"result record {path} is invalid at {exc}") from None
+    if record["task"]["primary_metric"] not in record["task"]["metrics"]:
+        raise UserError(f"result record {path} is invalid at task/primary_metric: it is not one of task/metrics")
     return record
 
 

@@ -133,8 +133,7 @@ class Trainer:
             for s, handler in old.items():
                 signal.signal(s, handler)
         if outcome.status in ("completed", "budget_exhausted"):
-            self._maybe_evaluate()
-            self.last_path.unlink(missing_ok=True)  # only needed to resume; best.pt stays for variants
+            self._maybe_evaluate()  # last.pt stays until the caller has written the record
         return outcome
 
     def _on_signal(self, signum: int, frame: Any) -> None:
@@ -224,7 +223,7 @@ class Trainer:
                         "lr": self.optimizer.param_groups[0]["lr"], "train_loss": train_loss, "valid": metrics})
         value = metrics[self.task.primary_metric]
         higher = self.task.metrics[self.task.primary_metric]
-        if p.best is None or (value > p.best if higher else value < p.best):
+        if p.best is None or math.isnan(p.best) or (value > p.best if higher else value < p.best):
             p.best, p.best_units = value, p.units
             atomic_save({"model": self.model.state_dict(), "units": p.units, "config": self.cfg.to_dict()},
                         self.best_path)

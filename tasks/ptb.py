@@ -195,7 +195,8 @@ class PTB(Task):
             logits, state = model(x, state)
             total += F.cross_entropy(logits.float().flatten(0, 1), y.flatten(), reduction="sum").item()
             count += y.numel()
-        return {"ppl": math.exp(total / count)}
+        nll = total / count
+        return {"ppl": math.exp(nll) if nll < 700 else math.inf}  # exp overflows past ~709 nats
 
     def eval_units(self, split: str) -> int:
         data = self.eval_data[split]

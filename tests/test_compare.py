@@ -249,3 +249,17 @@ def test_bad_sides_are_refused(export, tmp_path):
     (tmp_path / "empty").mkdir()
     with pytest.raises(UserError, match="NEW .*empty holds no result records"):
         gate(tmp_path, export, tmp_path / "empty")
+
+
+def test_a_diverged_run_is_a_regression_not_a_gap(tmp_path):
+    from tiny import tiny_config
+
+    from suite import experiment
+    from suite.compare import main_compare
+
+    units = ["budget.max_units=400", "budget.max_seconds=None"]
+    experiment.run(tiny_config("gru", *units), tmp_path / "base", progress_bar=False)
+    experiment.run(tiny_config("gru", *units, "train.lr=1e309"), tmp_path / "new", progress_bar=False)
+    summary = tmp_path / "summary.md"
+    assert main_compare(tmp_path / "base", tmp_path / "new", None, summary) == 1
+    assert "| unfinished runs | regressed |" in summary.read_text()

@@ -25,7 +25,7 @@ def results(tmp_path_factory):
     real["run_id"] += "-real"
     write_record(real, record_path(root, real))
     evil = json.loads(runs[0][1].read_text())
-    evil["config"]["model"] = evil["model"]["name"] = "<b>x</b>|y"
+    evil["config"]["model"] = evil["model"]["name"] = "<b>x</b>|y![t](http://evil.invalid/t.png)"
     evil["run_id"] += "-evil"
     write_record(evil, root / "ptb" / "evil" / "evil.json")
     return root, runs
@@ -59,7 +59,7 @@ def test_markdown_separates_synthetic_and_escapes_record_strings(results, tmp_pa
     real_part, synthetic_part = text.split("## Synthetic data")
     assert "### ptb · real · budget smoke · fp32" in real_part and "· synthetic ·" not in real_part
     assert "### ptb · synthetic · budget smoke · fp32" in synthetic_part
-    assert "&lt;b&gt;x&lt;/b&gt;\\|y" in text and "<b>" not in text
+    assert "&lt;b&gt;x&lt;/b&gt;\\|y\\!\\[t\\]\\(http://evil.invalid/t.png\\)" in text and "<b>" not in text
     assert "| brnn |  | n/a: not applicable to this task |" in text and "| rnn | dense | missing: no run |" in text
     for link in [part.split(")")[0] for part in text.split("](")[1:]]:
         assert (out / link).resolve().is_file(), link

@@ -21,11 +21,11 @@ def parents(tmp_path_factory):
     return results, out
 
 
-def independent_prune(parent, amount):
+def independent_prune(parent, amount, results):
     """The parent's best weights pruned in the test: global L1 over recurrent and linear weight matrices."""
     cfg = config_from_dict(parent["config"], PTB.Options)
     task, model = prepared(cfg)
-    model.load_state_dict(torch.load(parent["checkpoint"])["model"])
+    model.load_state_dict(torch.load(results / parent["checkpoint"])["model"])
     weights = [(m, n) for m in model.modules() if isinstance(m, (nn.LSTM, nn.GRU, nn.RNN))
                for n, _ in m.named_parameters(recurse=False) if n.startswith("weight")]
     weights += [(m, "weight") for m in model.modules() if isinstance(m, nn.Linear)]
@@ -37,7 +37,7 @@ def test_prune_matches_an_independent_pruning_and_links_the_parent(parents):
     results, found = parents
     parent, parent_path = found["lstm"]
     record, path = experiment.run_variant("prune-magnitude-70", 0, parent, parent_path, results, progress_bar=False)
-    task, model, weights = independent_prune(parent, 0.7)
+    task, model, weights = independent_prune(parent, 0.7, results)
     zeros = sum(int((getattr(m, n) == 0).sum()) for m, n in weights)
     total = sum(getattr(m, n).numel() for m, n in weights)
     v = record["variant"]
@@ -58,6 +58,7 @@ def test_fine_tuning_keeps_the_mask(parents):
     assert record["budget_used"]["units"] >= 400 and record["variant"]["finetune_units"] == 400
     assert record["variant"]["sparsity"] == pytest.approx(0.5, abs=1e-3)  # zeros stayed zeros while training
     assert record["learning_curve"] and record["status"] == "completed"
+    assert "fine-tuned 400 units with the mask fixed" in record["variant"]["notes"][0]
 
 
 def test_dynamic_int8(parents):
