@@ -20,7 +20,7 @@ from typing import Any
 
 from suite import registry
 from suite.errors import UserError
-from suite.results import load_record
+from suite.results import atomic_write_text, load_record
 
 FORMAT, VERSION = "seqsuite-leaderboard", 1
 FINISHED = ("completed", "budget_exhausted")
@@ -49,6 +49,13 @@ def config_digest(record: dict[str, Any]) -> str:
     """Hash of the config without seed and device: seeds of one setting aggregate into one row."""
     cfg = {k: v for k, v in record["config"].items() if k not in ("seed", "device", "parent")}
     return hashlib.sha256(json.dumps(cfg, sort_keys=True).encode()).hexdigest()[:8]
+
+
+def row_key(record: dict[str, Any]) -> tuple[str, ...]:
+    """(task, source, budget, precision, model:variant, device class, config digest): one leaderboard row."""
+    c = record["config"]
+    return (c["task"], c["source"], c["budget_name"], c["precision"], f"{c['model']}:{c['variant']}",
+            device_class(record), config_digest(record))
 
 
 def stat(values: list[float]) -> dict[str, Any]:
@@ -96,11 +103,8 @@ def build_export(results_dir: Path) -> dict[str, Any]:
     records, skipped = load_all(results_dir)
     groups: dict[tuple, dict[tuple, list]] = {}
     for path, r in records:
-        c = r["config"]
-        board = (c["task"], c["source"], c["budget_name"], c["precision"])
-        row = (c["task"], c["source"], c["budget_name"], c["precision"], c["model"] + ":" + c["variant"],
-               device_class(r), config_digest(r))
-        groups.setdefault(board, {}).setdefault(row, []).append((path, r))
+        row = row_key(r)
+        groups.setdefault(row[:4], {}).setdefault(row, []).append((path, r))
     boards = [_board(key, rows, results_dir) for key, rows in sorted(groups.items())]
     return {"format": FORMAT, "version": VERSION, "generated": dt.datetime.now(dt.UTC).isoformat(),
             "results_dir": str(results_dir), "skipped": skipped, "boards": boards}
@@ -147,13 +151,5 @@ def write_outputs(export: dict[str, Any], results_dir: Path, out_dir: Path) -> l
     from suite.markdown import render
 
     out_dir.mkdir(parents=True, exist_ok=True)
-    written = [_atomic_text(out_dir / "leaderboard.json", json.dumps(export, indent=1) + "\n"),
-               _atomic_text(out_dir / "LEADERBOARD.md", render(export, results_dir, out_dir))]
-    return written
-
-
-def _atomic_text(path: Path, text: str) -> Path:
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_text(text, encoding="utf-8")
-    os.replace(tmp, path)
-    return path
+    return [atomic_write_text(out_dir / "leaderboard.json", json.dumps(export, indent=1) + "\n"),
+            atomic_write_text(out_dir / "LEADERBOARD.md", render(export, results_dir, out_dir))]

@@ -43,8 +43,13 @@ def write_record(record: dict[str, Any], path: Path) -> Path:
     record = _finite(record)
     validate(record)
     path.parent.mkdir(parents=True, exist_ok=True)
+    return atomic_write_text(path, json.dumps(record, indent=2, allow_nan=False) + "\n")
+
+
+def atomic_write_text(path: Path, text: str) -> Path:
+    """Write through a temporary file beside `path` and rename: readers see the old or the new file, whole."""
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_text(json.dumps(record, indent=2, allow_nan=False) + "\n")
+    tmp.write_text(text, encoding="utf-8")
     os.replace(tmp, path)
     return path
 

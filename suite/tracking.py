@@ -18,7 +18,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from suite.leaderboard import config_digest, device_class
+from suite.leaderboard import row_key as leaderboard_row_key
 
 DEFAULT_PROJECT = "seqsuite"
 INIT_TIMEOUT = 15.0  # seconds before an online start with no network gives up (wandb's default is 90)
@@ -45,9 +45,7 @@ def log_run(record: dict[str, Any], project: str | None, entity: str | None) -> 
 
 def row_key(record: dict[str, Any]) -> str:
     """The record's leaderboard row key: the W&B group, so the seeds of one row group together."""
-    c = record["config"]
-    return "/".join((c["task"], c["source"], c["budget_name"], c["precision"], f"{c['model']}:{c['variant']}",
-                     device_class(record), config_digest(record)))
+    return "/".join(leaderboard_row_key(record))
 
 
 def flatten(data: dict[str, Any], prefix: str = "") -> dict[str, Any]:
