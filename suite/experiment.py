@@ -88,6 +88,9 @@ def run(cfg: RunConfig, results_dir: Path, resume: bool = False, progress_bar: b
     if outcome.status in ("completed", "budget_exhausted"):
         model.load_state_dict(torch.load(trainer.best_path, map_location=device)["model"])
         metrics = {s: evaluate(task, model, trainer.policy, s)[0] for s in ("valid", "test")}
+        with trainer.policy.autocast(), torch.no_grad():
+            files = task.write_artifacts(model.eval(), path.with_suffix(""))
+        record["artifacts"] = {name: _relative(file, results_dir) for name, file in sorted(files.items())}
     fill_outcome(record, outcome, trainer, metrics, device)
     record["checkpoint"] = _relative(trainer.best_path, results_dir) if trainer.best_path.exists() else None
     written = write_record(record, path)

@@ -8,6 +8,7 @@ from __future__ import annotations
 import hashlib
 import http.client
 import os
+import re
 import sys
 import tempfile
 import urllib.error
@@ -26,21 +27,30 @@ CHUNK_BYTES = 1 << 20
 MIRROR_ENV = "SUITE_DATA_MIRROR"
 """Base URL (http://, https:// or file://) that replaces every task's origin, e.g. for offline machines."""
 SCHEMES = ("http", "https", "file")
+ALGORITHMS = {32: "md5", 64: "sha256"}
+"""Checksum algorithm by hex length."""
 
 
 @dataclass(frozen=True)
 class RemoteFile:
-    """One data file: where it sits in the dataset's official layout and the md5 it must have."""
+    """One data file: where it sits in the dataset's official layout and the checksum it must have."""
 
     relpath: str
     """Path relative to the origin base URL, in the official layout; also its path in the cache."""
-    md5: str
-    """Hex md5 of the exact file; a copy with any other md5 is never returned."""
+    checksum: str
+    """Hex md5 (32 digits) or sha256 (64 digits) of the exact file, whichever the dataset publishes;
+    a copy with any other checksum is never returned."""
 
     def __post_init__(self) -> None:
         parts = PurePosixPath(self.relpath).parts
         if not parts or self.relpath.startswith("/") or ".." in parts:
             raise ValueError(f"relpath must be a relative path inside the layout, got {self.relpath!r}")
+        if len(self.checksum) not in ALGORITHMS or not re.fullmatch("[0-9a-f]+", self.checksum):
+            raise ValueError(f"checksum must be a lowercase hex md5 or sha256, got {self.checksum!r}")
+
+    @property
+    def algorithm(self) -> str:
+        return ALGORITHMS[len(self.checksum)]
 
 
 def data_dir() -> Path:
@@ -53,7 +63,16 @@ def data_dir() -> Path:
 
 def md5sum(path: Path) -> str:
     """Hex md5 of a file, streamed in chunks so multi-gigabyte archives never sit in memory."""
-    digest = hashlib.md5(usedforsecurity=False)  # an integrity check, so FIPS-mode Pythons allow it
+    return file_digest(path, "md5")
+
+
+def new_digest(algorithm: str) -> hashlib._Hash:
+    return hashlib.new(algorithm, usedforsecurity=False)  # an integrity check, so FIPS-mode Pythons allow md5
+
+
+def file_digest(path: Path, algorithm: str) -> str:
+    """Hex digest of a file, streamed in chunks."""
+    digest = new_digest(algorithm)
     with open(path, "rb") as f:
         while chunk := f.read(CHUNK_BYTES):
             digest.update(chunk)
@@ -67,21 +86,21 @@ def fetch(origin: str, remote: RemoteFile, cache: str) -> Path:
     """
     target = data_dir() / cache / remote.relpath
     if target.is_file():
-        actual = md5sum(target)
-        if actual == remote.md5:
+        actual = file_digest(target, remote.algorithm)
+        if actual == remote.checksum:
             return target
         # A bad copy is never returned nor left behind, even if the download below fails.
-        print(f"{target} has md5 {actual}, expected {remote.md5}: replacing it", file=sys.stderr)
+        print(f"{target} has {remote.algorithm} {actual}, expected {remote.checksum}: replacing it", file=sys.stderr)
         target.unlink(missing_ok=True)
     url = _url(origin, remote.relpath)
     target.parent.mkdir(parents=True, exist_ok=True)
     for _ in range(2):  # one retry covers a transfer damaged in flight; a bad source fails again anyway
         actual = _download(url, target, remote)
-        if actual == remote.md5:
+        if actual == remote.checksum:
             return target
     raise DataError(
         f"{remote.relpath} downloaded from {url} fails its checksum twice: "
-        f"expected md5 {remote.md5}, got {actual}"
+        f"expected {remote.algorithm} {remote.checksum}, got {actual}"
     )
 
 
@@ -96,14 +115,14 @@ def _url(origin: str, relpath: str) -> str:
 
 
 def _download(url: str, target: Path, remote: RemoteFile) -> str:
-    """Stream `url` into a temp file beside `target`, install it only if its md5 matches; return its md5."""
+    """Stream `url` into a temp file beside `target`, install it only if its checksum matches; return it."""
     print(f"downloading {url} -> {target}", file=sys.stderr)
     fd, name = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.", suffix=".part")
     tmp = Path(name)
     try:
         with os.fdopen(fd, "wb") as out:
-            actual = _stream(url, out)
-        if actual == remote.md5:
+            actual = _stream(url, out, remote.algorithm)
+        if actual == remote.checksum:
             os.replace(tmp, target)  # atomic: a killed run never leaves a partial file at `target`
         return actual
     # OSError covers URLError, HTTPError, timeouts and resets; HTTPException a bad port or a broken reply.
@@ -113,9 +132,9 @@ def _download(url: str, target: Path, remote: RemoteFile) -> str:
         tmp.unlink(missing_ok=True)
 
 
-def _stream(url: str, out: BinaryIO) -> str:
-    """Copy the body at `url` into `out` and return its md5, hashing as the bytes arrive."""
-    digest = hashlib.md5(usedforsecurity=False)
+def _stream(url: str, out: BinaryIO, algorithm: str) -> str:
+    """Copy the body at `url` into `out` and return its digest, hashing as the bytes arrive."""
+    digest = new_digest(algorithm)
     with urllib.request.urlopen(url, timeout=TIMEOUT_S) as response:
         while chunk := response.read(CHUNK_BYTES):
             digest.update(chunk)
@@ -134,7 +153,8 @@ def _cannot_download(url: str, target: Path, remote: RemoteFile, err: Exception)
         reason = str(err) or type(err).__name__
     reason = " ".join(reason.split())  # the CLI prints errors as one line
     return (
-        f"cannot download {url} ({reason}): put {target.name} (md5 {remote.md5}) in {target.parent}, "
+        f"cannot download {url} ({reason}): put {target.name} ({remote.algorithm} {remote.checksum}) "
+        f"in {target.parent}, "
         f"set {MIRROR_ENV} to a file:// or http(s):// URL holding the official layout, "
         f"or use --source synthetic"
     )

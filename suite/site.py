@@ -341,6 +341,18 @@ def _variant_block(site: Site, r: dict[str, Any]) -> str:
     return f"<h2>Variant</h2>{link}{_kv(fields)}"
 
 
+def _artifacts(site: Site, r: dict[str, Any]) -> str:
+    """The run's output files (written beside its record): PNGs shown inline, other files linked."""
+    files = sorted((r.get("artifacts") or {}).items())
+    if not files:
+        return ""
+    link = {name: href(site.results / rel, site.root / "runs") for name, rel in files}
+    images = "".join(f'<figure><img src="{e(link[n])}" alt="{e(n)}"><figcaption>{e(n)}</figcaption></figure>'
+                     for n, rel in files if rel.endswith(".png"))
+    others = "".join(f'<li><a href="{e(link[n])}">{e(n)}</a></li>' for n, rel in files if not rel.endswith(".png"))
+    return f"<h2>Outputs</h2>{images}" + (f"<ul>{others}</ul>" if others else "")
+
+
 def run_page(site: Site, rel: str, r: dict[str, Any]) -> str:
     """A run's page: summary, metrics, variant, learning curve, config, data and environment."""
     name = site.run_page(rel)
@@ -353,6 +365,6 @@ def run_page(site: Site, rel: str, r: dict[str, Any]) -> str:
             f'<a href="{site.record_link(rel, "runs")}">record JSON</a></nav>'
             f"<h1>{e(title)}</h1><p><code>{e(r['run_id'])}</code></p>{_kv(run_summary(r))}"
             f"<h2>Metrics</h2>{_metrics_table(r)}{_reference(r['reference'])}{_variant_block(site, r)}"
-            f"<h2>Learning curve</h2>{img}<h2>Config</h2>{_pre(r['config'])}"
+            f"<h2>Learning curve</h2>{img}{_artifacts(site, r)}<h2>Config</h2>{_pre(r['config'])}"
             f"<h2>Data</h2>{_pre(r['data'])}<h2>Environment</h2>{_kv(env)}")
     return page(f"{title} — seqsuite run", body, depth=1)

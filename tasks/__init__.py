@@ -1,2 +1,6 @@
 """Built-in tasks, imported explicitly so that registration order is fixed."""
-from tasks import ptb  # noqa: F401
+from tasks import (
+    imdb,  # noqa: F401
+    ptb,  # noqa: F401
+    translation,  # noqa: F401
+)

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable
+from pathlib import Path
 from typing import Any, ClassVar
 
 import torch
@@ -72,3 +73,8 @@ class Task:
     def sample_input(self, batch_size: int, length: int) -> tuple:
         """Arguments for one inference call `model(*args)`, used to measure latency."""
         raise NotImplementedError
+
+    def write_artifacts(self, model: nn.Module, out_dir: Path) -> dict[str, Path]:
+        """Files beside the record made from the final (best) model after its last evaluation, e.g. the
+        hypotheses a metric was computed on or attention plots: name -> path under `out_dir`. None by default."""
+        return {}

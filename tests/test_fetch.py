@@ -63,7 +63,7 @@ def test_always_damaged_fails_after_two_tries_and_leaves_nothing(origin: Origin)
     message = str(err.value)
     assert origin.requests[RELPATH] == 2
     assert "ptb.valid.txt" in message and f"{origin.url}/{RELPATH}" in message
-    assert REMOTE.md5 in message and hashlib.md5(DAMAGED).hexdigest() in message
+    assert REMOTE.checksum in message and hashlib.md5(DAMAGED).hexdigest() in message
     target = data_dir() / "ptb" / RELPATH
     assert not target.exists()
     assert list(target.parent.iterdir()) == []  # no temp file either
@@ -74,7 +74,7 @@ def test_dead_server_says_how_to_supply_the_file(dead_url: str) -> None:
         fetch(dead_url, REMOTE, "ptb")
     message = str(err.value)
     assert f"{dead_url}/{RELPATH}" in message
-    assert str(data_dir() / "ptb" / "data") in message and REMOTE.md5 in message
+    assert str(data_dir() / "ptb" / "data") in message and REMOTE.checksum in message
     assert "SUITE_DATA_MIRROR" in message and "--source synthetic" in message
     assert "\n" not in message
 
@@ -89,7 +89,7 @@ def test_silent_server_times_out(monkeypatch: pytest.MonkeyPatch) -> None:
 
 
 def test_http_404_names_the_url(origin: Origin) -> None:
-    missing = RemoteFile("data/ptb.train.txt", REMOTE.md5)
+    missing = RemoteFile("data/ptb.train.txt", REMOTE.checksum)
     with pytest.raises(DataError, match=f"{origin.url}/data/ptb.train.txt \\(HTTP 404"):
         fetch(origin.url, missing, "ptb")
 
@@ -118,7 +118,7 @@ def test_real_ptb_valid_through_file_mirror(monkeypatch: pytest.MonkeyPatch, dea
 def test_md5sum_streams_in_chunks(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr("suite.fetch.CHUNK_BYTES", 7)
     (tmp_path / "f").write_bytes(CONTENT)
-    assert md5sum(tmp_path / "f") == REMOTE.md5
+    assert md5sum(tmp_path / "f") == REMOTE.checksum
 
 
 def test_data_dir_precedence(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, cache: Path) -> None:
@@ -133,4 +133,16 @@ def test_data_dir_precedence(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, ca
 
 def test_relpath_must_stay_inside_the_layout() -> None:
     with pytest.raises(ValueError):
-        RemoteFile("../etc/passwd", REMOTE.md5)
+        RemoteFile("../etc/passwd", REMOTE.checksum)
+
+
+def test_sha256_checksums_are_verified(origin: Origin) -> None:
+    """Datasets that publish sha256 (Multi30k) are checked with sha256; a wrong one is refused by name."""
+    good = RemoteFile(RELPATH, hashlib.sha256(CONTENT).hexdigest())
+    assert good.algorithm == "sha256" and REMOTE.algorithm == "md5"
+    assert fetch(origin.url, good, "ptb").read_bytes() == CONTENT
+    bad = RemoteFile(RELPATH, hashlib.sha256(DAMAGED).hexdigest())
+    with pytest.raises(DataError, match=f"expected sha256 {bad.checksum}, got {good.checksum}"):
+        fetch(origin.url, bad, "other")
+    with pytest.raises(ValueError, match="lowercase hex md5 or sha256"):
+        RemoteFile(RELPATH, "abc")

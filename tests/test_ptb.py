@@ -109,8 +109,8 @@ def test_real_files_have_the_published_sizes_and_checksums() -> None:
     assert (len(valid), len(test)) == (73_760, 82_430)
     assert valid.count("<eos>") == (SHARED_PTB / "ptb.valid.txt").read_bytes().count(b"\n")
     assert valid == words_of((SHARED_PTB / "ptb.valid.txt").read_bytes())
-    assert md5sum(SHARED_PTB / "ptb.valid.txt") == VALID_MD5 == tasks.ptb.FILES["valid"].md5
-    assert md5sum(SHARED_PTB / "ptb.test.txt") == TEST_MD5 == tasks.ptb.FILES["test"].md5
+    assert md5sum(SHARED_PTB / "ptb.valid.txt") == VALID_MD5 == tasks.ptb.FILES["valid"].checksum
+    assert md5sum(SHARED_PTB / "ptb.test.txt") == TEST_MD5 == tasks.ptb.FILES["test"].checksum
     types = set(valid) | set(test)
     assert "<unk>" in types and len(types) <= 10_000
 

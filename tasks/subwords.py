@@ -1,0 +1,50 @@
+"""BPE subword models (`tokenizers`) trained on a training split and cached by settings and data checksum.
+
+The Metaspace pre-tokenizer and decoder make `decode(encode(text))` give the text back exactly (a
+Whitespace pre-tokenizer would lose the spaces), so metrics see detokenized output.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+
+from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+
+from suite.fetch import data_dir
+
+SPECIALS = ("<pad>", "<unk>", "<s>", "</s>")
+PAD, UNK, BOS, EOS = range(4)  # ids of SPECIALS: the trainer adds them first, in this order
+
+
+def train_bpe(lines: list[str], vocab_size: int) -> Tokenizer:
+    tok = Tokenizer(models.BPE(unk_token="<unk>"))
+    tok.pre_tokenizer = pre_tokenizers.Metaspace()
+    tok.decoder = decoders.Metaspace()
+    trainer = trainers.BpeTrainer(vocab_size=vocab_size, special_tokens=list(SPECIALS), show_progress=False)
+    tok.train_from_iterator(lines, trainer=trainer)
+    return tok
+
+
+def cached_bpe(lines: list[str], vocab_size: int, key: str) -> Tokenizer:
+    """The BPE model of `lines` from the cache, trained and stored on first use."""
+    path = data_dir() / "bpe" / f"{hashlib.sha256(key.encode()).hexdigest()[:20]}.json"
+    if path.is_file():
+        return Tokenizer.from_file(str(path))
+    tok = train_bpe(lines, vocab_size)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    tok.save(str(tmp))
+    os.replace(tmp, path)  # atomic, so parallel runs never read half a file
+    return tok
+
+
+def train_or_load_bpe(src: list[str], tgt: list[str], vocab_size: int, joint: bool,
+                      data_checksum: str) -> tuple[Tokenizer, Tokenizer]:
+    """(source tokenizer, target tokenizer): one joint model for both sides, or one per side."""
+    def key(side: str) -> str:
+        return json.dumps({"v": 1, "side": side, "vocab_size": vocab_size, "data": data_checksum})
+    if joint:
+        tok = cached_bpe(src + tgt, vocab_size, key("joint"))
+        return tok, tok
+    return cached_bpe(src, vocab_size, key("src")), cached_bpe(tgt, vocab_size, key("tgt"))

@@ -1,0 +1,100 @@
+"""What the translation task reports beyond its metrics: the no-attention reference line, the hypotheses
+its BLEU was computed on, and attention heatmaps.
+
+The reference is the same model with `attention="none"`, trained through the one runner for
+`options.reference_units` target tokens on the same data and evaluated like any run; the result is cached
+under the data dir, keyed by the twin's config digest and the data checksum, so it is trained once.
+"""
+from __future__ import annotations
+
+import copy
+import dataclasses
+import json
+import os
+import tempfile
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import torch
+from matplotlib.figure import Figure
+from torch import nn
+
+from suite.config import Budget
+from suite.decoding import greedy_search
+from suite.fetch import data_dir
+from suite.registry import MODELS
+from suite.runner import Trainer, evaluate, seed_everything
+from tasks.subwords import BOS, EOS
+
+if TYPE_CHECKING:
+    from tasks.translation import Translation
+
+
+def no_attention_reference(task: Translation) -> dict[str, Any]:
+    """{"name": "no-attention", "valid": metrics, "test": metrics} of the attention-free twin."""
+    opts = task.cfg.options
+    cfg = dataclasses.replace(task.cfg, options=dataclasses.replace(opts, attention="none"),
+                              budget=Budget(max_units=opts.reference_units, checkpoint_every_seconds=1e9))
+    path = data_dir() / "references" / f"translation-{cfg.digest()[:16]}-{task.checksum[:16]}.json"
+    if path.is_file():
+        return json.loads(path.read_text())
+    twin = copy.copy(task)  # shares the prepared data, which nothing modifies
+    twin.cfg, twin.hypotheses = cfg, {}
+    devices = [task.device] if task.device.type == "cuda" else []
+    with torch.random.fork_rng(devices=devices), tempfile.TemporaryDirectory() as tmp:  # the run's RNG untouched
+        seed_everything(cfg.seed)
+        model = twin.build(lambda n: MODELS[cfg.model](n, cfg.backbone)).to(task.device)
+        trainer = Trainer(cfg, twin, model, task.device, Path(tmp), progress_bar=False)
+        trainer.run()
+        model.load_state_dict(torch.load(trainer.best_path, map_location=task.device)["model"])
+        reference = {"name": task.reference_name,
+                     **{s: evaluate(twin, model, trainer.policy, s)[0] for s in ("valid", "test")}}
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp_path = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    tmp_path.write_text(json.dumps(reference))
+    os.replace(tmp_path, path)
+    return reference
+
+
+def save_hypotheses(task: Translation, out_dir: Path) -> dict[str, Path]:
+    """The detokenized hypotheses of the last evaluation of each split, one per line in corpus order."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    files = {}
+    for split, hyps in sorted(task.hypotheses.items()):
+        files[f"{split}_hypotheses"] = out_dir / f"{split}.hyp.{task.cfg.options.tgt_lang}"
+        files[f"{split}_hypotheses"].write_text("".join(h + "\n" for h in hyps), encoding="utf-8")
+    return files
+
+
+def save_heatmaps(task: Translation, model: nn.Module, out_dir: Path) -> dict[str, Path]:
+    """Attention weights of the greedy translation of the first `options.heatmaps` validation sentences."""
+    count = min(task.cfg.options.heatmaps, len(task.splits["valid"].src))
+    if model.attention is None or count == 0:
+        return {}
+    out_dir.mkdir(parents=True, exist_ok=True)
+    files = {}
+    for i in range(count):
+        src = torch.from_numpy(task.splits["valid"].src[i])[None].to(task.device)  # (1, S)
+        lengths = torch.tensor([src.size(1)])
+        limit = int(src.size(1) * task.cfg.options.max_len_a) + task.cfg.options.max_len_b
+        tokens = greedy_search(model.step, model.init_state(src, lengths), BOS, EOS, limit).tokens[0]
+        tgt_in = torch.tensor([[BOS, *tokens]], device=task.device)
+        _, weights = model.teacher_forced(src, lengths, tgt_in)  # (1, T, S)
+        files[f"attention_valid_{i}"] = plot_attention(
+            weights[0].float().cpu().numpy(), [task.src_tok.id_to_token(int(t)) for t in src[0]],
+            [*(task.tgt_tok.id_to_token(t) for t in tokens), "</s>"], out_dir / f"attention-valid-{i}.png")
+    return files
+
+
+def plot_attention(weights: Any, src: list[str], out: list[str], path: Path) -> Path:
+    """One heatmap: output tokens down, source tokens across, weight as grey level."""
+    fig = Figure(figsize=(1 + 0.35 * len(src), 1 + 0.3 * len(out)), dpi=100)
+    ax = fig.add_subplot()
+    ax.imshow(weights[:len(out), :len(src)], cmap="Greys", vmin=0.0, vmax=1.0, aspect="auto")
+    ax.set_xticks(range(len(src)), src, rotation=90, fontsize=8)
+    ax.set_yticks(range(len(out)), out, fontsize=8)
+    ax.set_xlabel("source")
+    ax.set_ylabel("output")
+    fig.tight_layout()
+    fig.savefig(path)
+    return path
