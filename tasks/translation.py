@@ -225,7 +225,12 @@ class Translation(Task):
         for split, (remote, prefix) in MULTI30K.items():
             archive = fetch(MULTI30K_ORIGIN, remote, "multi30k")
             root = extract(archive, archive.parent / remote.relpath.removesuffix(".tar.gz"))
-            texts[split] = read_parallel(root / f"{prefix}.{opts.src_lang}", root / f"{prefix}.{opts.tgt_lang}")
+            paths = [root / f"{prefix}.{lang}" for lang in (opts.src_lang, opts.tgt_lang)]
+            for path in paths:
+                if not path.is_file():
+                    raise DataError(f"{path} is not in {archive.name} as extracted in {root}: delete that folder "
+                                    f"to extract again, or replace {archive} with the official file")
+            texts[split] = read_parallel(*paths)
         self._info = {"dataset": "multi30k", "files": {r.relpath: r.checksum for r, _ in MULTI30K.values()}}
         return texts
 

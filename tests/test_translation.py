@@ -134,6 +134,13 @@ def test_a_malformed_archive_with_the_right_checksum_is_refused(multi30k: Origin
         make_task("real")
 
 
+def test_a_file_missing_after_extraction_names_the_folder_to_delete(multi30k: Origin, cache: Path) -> None:
+    make_task("real")
+    (cache / "multi30k" / "validation" / "val.en").unlink()
+    with pytest.raises(DataError, match=r"val.en is not in validation.tar.gz as extracted in .*delete that folder"):
+        make_task("real")
+
+
 def test_parallel_files_plug_in_and_misaligned_ones_are_refused_with_both_counts(tmp_path: Path) -> None:
     folder = tmp_path / "iwslt"
     folder.mkdir()
