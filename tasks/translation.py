@@ -200,10 +200,12 @@ class Translation(Task):
         self.src_tok, self.tgt_tok = train_or_load_bpe(train.src_text, train.tgt_text, opts.vocab_size,
                                                        opts.joint_bpe, self.checksum)
         for split in self.splits.values():
-            split.src = [np.array(e.ids, dtype=np.int64) for e in self.src_tok.encode_batch(split.src_text)]
+            # An empty source line still gets one token (EOS), since a packed sequence cannot be empty.
+            split.src = [np.array(e.ids or [EOS], dtype=np.int64) for e in self.src_tok.encode_batch(split.src_text)]
             split.tgt = [np.array([*e.ids, EOS], dtype=np.int64) for e in self.tgt_tok.encode_batch(split.tgt_text)]
-        keep = [i for i, (s, t) in enumerate(zip(train.src, train.tgt))
-                if 0 < len(s) <= opts.max_train_tokens and len(t) <= opts.max_train_tokens + 1]
+        keep = [i for i, (s, t) in enumerate(zip(train.src, train.tgt)) if train.src_text[i] and train.tgt_text[i]
+                and len(s) <= opts.max_train_tokens and len(t) <= opts.max_train_tokens + 1]
+        self.dropped = len(train.src) - len(keep)
         train.src, train.tgt = [train.src[i] for i in keep], [train.tgt[i] for i in keep]
         if not keep or any(not s.src for s in self.splits.values()):
             raise DataError("a translation split is empty after tokenization: check the data files")
@@ -245,6 +247,7 @@ class Translation(Task):
         opts: TranslationOptions = self.cfg.options
         return {"source": self.cfg.source, **self._info, "direction": f"{opts.src_lang}-{opts.tgt_lang}",
                 "pairs": {s: len(sp.src) for s, sp in self.splits.items()},
+                "train_pairs_dropped": {"count": self.dropped, "max_train_tokens": opts.max_train_tokens},
                 "tokens": {s: int(sum(len(t) for t in sp.tgt)) for s, sp in self.splits.items()},
                 "text_sha256": self.checksum,
                 "bpe": {"joint": opts.joint_bpe, "src_vocab": self.src_tok.get_vocab_size(),

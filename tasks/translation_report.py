@@ -23,7 +23,6 @@ from suite.config import Budget
 from suite.decoding import greedy_search
 from suite.fetch import data_dir
 from suite.registry import MODELS
-from suite.runner import Trainer, evaluate, seed_everything
 from tasks.subwords import BOS, EOS
 
 if TYPE_CHECKING:
@@ -32,6 +31,9 @@ if TYPE_CHECKING:
 
 def no_attention_reference(task: Translation) -> dict[str, Any]:
     """{"name": "no-attention", "valid": metrics, "test": metrics} of the attention-free twin."""
+    # Imported here: suite.runner imports tasks (for the Task type), so a module-level import is circular.
+    from suite.runner import Trainer, evaluate, seed_everything
+
     opts = task.cfg.options
     cfg = dataclasses.replace(task.cfg, options=dataclasses.replace(opts, attention="none"),
                               budget=Budget(max_units=opts.reference_units, checkpoint_every_seconds=1e9))

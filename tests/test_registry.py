@@ -1,4 +1,6 @@
 import math
+import subprocess
+import sys
 
 import pytest
 import torch
@@ -50,3 +52,11 @@ def test_contract_every_task_and_applicable_model(task_name, model_name):
     out = model(*task.sample_input(1, 7))
     out = out[0] if isinstance(out, tuple) else out  # (logits, state) for language models, logits otherwise
     assert out.shape[0] == 1 and torch.isfinite(out).all()
+
+
+@pytest.mark.parametrize("module", ["suite.experiment", "suite.runner", "suite.cli", "tasks", "baselines",
+                                    "suite.leaderboard", "tasks.translation"])
+def test_every_module_imports_first_in_a_fresh_interpreter(module):
+    """Import cycles only show when a module is the first one imported."""
+    proc = subprocess.run([sys.executable, "-c", f"import {module}"], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr

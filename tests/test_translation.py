@@ -147,9 +147,14 @@ def test_parallel_files_plug_in_and_misaligned_ones_are_refused_with_both_counts
     for split, n in (("train", 20), ("valid", 4), ("test", 3)):
         (folder / f"{split}.fr").write_text("".join(f"le chat {i} dort.\n" for i in range(n)))
         (folder / f"{split}.en").write_text("".join(f"the cat {i} sleeps.\n" for i in range(n)))
+    (folder / "train.fr").write_text((folder / "train.fr").read_text() + "\nun chat\n")  # an empty source line
+    (folder / "train.en").write_text((folder / "train.en").read_text() + "an empty source\na cat\n")
+    (folder / "test.fr").write_text((folder / "test.fr").read_text() + "\n")  # ends in an empty line: dropped
     task = make_task("real", "options.dataset='parallel'", f"options.parallel_dir='{folder}'",
                      "options.src_lang='fr'", "options.tgt_lang='en'")
-    assert task.data_info()["pairs"] == {"train": 20, "valid": 4, "test": 3}
+    info = task.data_info()
+    assert info["pairs"] == {"train": 21, "valid": 4, "test": 3} and info["train_pairs_dropped"]["count"] == 1
+    assert task.splits["train"].src_text[20] == "" and len(task.splits["train"].src) == 21
     (folder / "valid.en").write_text("one line\n")
     with pytest.raises(DataError, match=r"valid.fr has 4 lines but .*valid.en has 1: parallel files must be aligned"):
         read_parallel(folder / "valid.fr", folder / "valid.en")
