@@ -11,7 +11,8 @@ Sources:
 Tokens: a BPE model (`tokenizers`, Metaspace pre-tokenizer, so decoding restores the text exactly) trained
 on the training split, joint or one per side, cached under the data dir keyed by its settings and the data
 checksum. Metrics: sacrebleu BLEU and chrF on the detokenized output against the raw references (the
-signatures go into the record), and the teacher-forced perplexity. The unit is a target token (EOS counted).
+signatures go into the record), and the teacher-forced loss (mean NLL per target token) and perplexity.
+The unit is a target token (EOS counted).
 
 Published anchors, Multi30k De->En, greedy, non-pretrained (their tokenizations differ from ours, which is
 sacrebleu's): BiGRU encoder + Bahdanau attention about 28 BLEU, GRU without attention about 21, LSTM
@@ -174,7 +175,7 @@ class Translation(Task):
     version = 1
     causal = False  # the encoder reads the whole source; the decoder is causal by construction
     unit = "tokens"
-    metrics = {"bleu": True, "chrf": True, "ppl": False}
+    metrics = {"bleu": True, "chrf": True, "ppl": False, "loss": False}
     primary_metric = "bleu"
     reference_name = "no-attention"
     Options = TranslationOptions
@@ -302,9 +303,9 @@ class Translation(Task):
         hyps, nll = self.translate(model, split)
         self.hypotheses[split] = hyps
         refs = self.splits[split].tgt_text
-        ppl = math.exp(min(nll / self.eval_units(split), 700.0))  # exp overflows past ~709
+        loss = nll / self.eval_units(split)
         return {"bleu": sacrebleu.corpus_bleu(hyps, [refs]).score, "chrf": sacrebleu.corpus_chrf(hyps, [refs]).score,
-                "ppl": ppl if ppl < math.exp(700.0) else math.inf}
+                "ppl": math.exp(loss) if loss < 700 else math.inf, "loss": loss}  # exp overflows past ~709
 
     def eval_units(self, split: str) -> int:
         return int(sum(len(t) for t in self.splits[split].tgt))

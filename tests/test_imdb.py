@@ -148,6 +148,19 @@ def test_vocab_is_pad_unk_then_frequency_with_ties_by_word() -> None:
     assert any((x == 1).any() for x in task.ids["train"])  # rarer words became <unk>
 
 
+def test_tokens_are_cached_by_texts_and_settings(cache: Path) -> None:
+    first = make_task("synthetic")  # the cache fixture starts empty
+    files = list((cache / "imdb" / "tokens").iterdir())
+    assert len(files) == 1
+    again = make_task("synthetic")  # from the cache
+    assert again.vocab == first.vocab and list((cache / "imdb" / "tokens").iterdir()) == files
+    for split in ("train", "valid", "test"):  # the first run tokenized afresh, the second loaded
+        assert all(np.array_equal(a, b) for a, b in zip(again.ids[split], first.ids[split], strict=True))
+    make_task("synthetic", "options.vocab_size=30")
+    make_task("synthetic", "options.synthetic_seed=3")
+    assert len(list((cache / "imdb" / "tokens").iterdir())) == 3
+
+
 def test_bucketing_covers_every_example_once_with_minimal_padding() -> None:
     task = make_task("synthetic")
     lengths, total = task.lengths["train"], len(task.labels["train"])

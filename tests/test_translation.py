@@ -243,6 +243,15 @@ def test_metrics_equal_sacrebleu_on_the_written_hypotheses_and_heatmaps_are_pngs
         assert len(hyps) == len(refs) == 100
         assert record["metrics"][split]["bleu"] == pytest.approx(sacrebleu.corpus_bleu(hyps, [refs]).score, abs=1e-9)
         assert record["metrics"][split]["chrf"] == pytest.approx(sacrebleu.corpus_chrf(hyps, [refs]).score, abs=1e-9)
+    model = make_model(task)
+    model.load_state_dict(torch.load(tmp_path / record["checkpoint"])["model"])
+    with torch.no_grad():
+        logits = [(model(src, lengths, tgt_in), y) for _, (src, lengths, tgt_in, y) in task.eval_batches("test")]
+    nll = sum(float(torch.nn.functional.cross_entropy(lg.flatten(0, 1), y.flatten(), ignore_index=0, reduction="sum"))
+              for lg, y in logits)
+    count = sum(int((y != 0).sum()) for _, y in logits)
+    assert record["metrics"]["test"]["loss"] == pytest.approx(nll / count, rel=1e-5)
+    assert record["metrics"]["test"]["ppl"] == pytest.approx(np.exp(nll / count), rel=1e-5)
     for i in (0, 1):
         png = tmp_path / record["artifacts"][f"attention_valid_{i}"]
         assert png.parent == path.with_suffix("") and imread(png).ndim == 3
