@@ -1,17 +1,11 @@
 """What the translation task reports beyond its metrics: the no-attention reference line, the hypotheses
 its BLEU was computed on, and attention heatmaps.
 
-The reference is the same model with `attention="none"`, trained through the one runner for
-`options.reference_units` target tokens on the same data and evaluated like any run; the result is cached
-under the data dir, keyed by the twin's config digest and the data checksum, so it is trained once.
+The reference is the same model with `attention="none"`, trained for `options.reference_units` target
+tokens (tasks/twin.py).
 """
 from __future__ import annotations
 
-import copy
-import dataclasses
-import json
-import os
-import tempfile
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -19,11 +13,9 @@ import torch
 from matplotlib.figure import Figure
 from torch import nn
 
-from suite.config import Budget
 from suite.decoding import greedy_search
-from suite.fetch import data_dir
-from suite.registry import MODELS
 from tasks.subwords import BOS, EOS
+from tasks.twin import twin_reference
 
 if TYPE_CHECKING:
     from tasks.translation import Translation
@@ -31,31 +23,8 @@ if TYPE_CHECKING:
 
 def no_attention_reference(task: Translation) -> dict[str, Any]:
     """{"name": "no-attention", "valid": metrics, "test": metrics} of the attention-free twin."""
-    # Imported here: suite.runner imports tasks (for the Task type), so a module-level import is circular.
-    from suite.runner import Trainer, evaluate, seed_everything
-
-    opts = task.cfg.options
-    cfg = dataclasses.replace(task.cfg, options=dataclasses.replace(opts, attention="none"),
-                              budget=Budget(max_units=opts.reference_units, checkpoint_every_seconds=1e9))
-    path = data_dir() / "references" / f"translation-{cfg.digest()[:16]}-{task.checksum[:16]}.json"
-    if path.is_file():
-        return json.loads(path.read_text())
-    twin = copy.copy(task)  # shares the prepared data, which nothing modifies
-    twin.cfg, twin.hypotheses = cfg, {}
-    devices = [task.device] if task.device.type == "cuda" else []
-    with torch.random.fork_rng(devices=devices), tempfile.TemporaryDirectory() as tmp:  # the run's RNG untouched
-        seed_everything(cfg.seed)
-        model = twin.build(lambda n: MODELS[cfg.model](n, cfg.backbone)).to(task.device)
-        trainer = Trainer(cfg, twin, model, task.device, Path(tmp), progress_bar=False)
-        trainer.run()
-        model.load_state_dict(torch.load(trainer.best_path, map_location=task.device)["model"])
-        reference = {"name": task.reference_name,
-                     **{s: evaluate(twin, model, trainer.policy, s)[0] for s in ("valid", "test")}}
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp_path = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp_path.write_text(json.dumps(reference))
-    os.replace(tmp_path, path)
-    return reference
+    return twin_reference(task, {"attention": "none", "heatmaps": 0}, task.cfg.options.reference_units,
+                          task.checksum)
 
 
 def save_hypotheses(task: Translation, out_dir: Path) -> dict[str, Path]:
