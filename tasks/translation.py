@@ -41,9 +41,10 @@ from suite.decoding import decode
 from suite.errors import DataError, UserError
 from suite.fetch import RemoteFile, fetch
 from suite.registry import register_task
+from tasks.attention import ATTENTIONS
 from tasks.base import BackboneFactory, Task
 from tasks.batching import bucket_order
-from tasks.seq2seq import ATTENTIONS, Seq2Seq
+from tasks.seq2seq import Seq2Seq
 from tasks.subwords import BOS, EOS, PAD, train_or_load_bpe
 from tasks.synthetic_translation import ParallelSource
 from tasks.translation_report import no_attention_reference, save_heatmaps, save_hypotheses
