@@ -9,6 +9,7 @@ import copy
 import dataclasses
 import datetime as dt
 import os
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -88,9 +89,7 @@ def run(cfg: RunConfig, results_dir: Path, resume: bool = False, progress_bar: b
     if outcome.status in ("completed", "budget_exhausted"):
         model.load_state_dict(torch.load(trainer.best_path, map_location=device)["model"])
         metrics = {s: evaluate(task, model, trainer.policy, s)[0] for s in ("valid", "test")}
-        with trainer.policy.autocast(), torch.no_grad():
-            files = task.write_artifacts(model.eval(), path.with_suffix(""))
-        record["artifacts"] = {name: _relative(file, results_dir) for name, file in sorted(files.items())}
+        record["artifacts"] = _artifacts(task, model, trainer.policy, path.with_suffix(""), results_dir, record)
     fill_outcome(record, outcome, trainer, metrics, device)
     record["checkpoint"] = _relative(trainer.best_path, results_dir) if trainer.best_path.exists() else None
     written = write_record(record, path)
@@ -99,13 +98,29 @@ def run(cfg: RunConfig, results_dir: Path, resume: bool = False, progress_bar: b
     return record, written
 
 
+def _artifacts(task: Task, model: nn.Module, policy: PrecisionPolicy, out_dir: Path, results_dir: Path,
+               record: dict[str, Any]) -> dict[str, str]:
+    """The task's output files beside the record; a failure there (a full disk, a plotting error) is noted
+    in the record instead of losing the finished run."""
+    try:
+        with policy.autocast(), torch.no_grad():
+            files = task.write_artifacts(model.eval(), out_dir)
+    except Exception as exc:  # the metrics are final already; the files are extras
+        record["error"] = f"output files not written: {type(exc).__name__}: {exc}"
+        print(f"warning: {record['error']}", file=sys.stderr)
+        return {}
+    return {name: _relative(file, results_dir) for name, file in sorted(files.items())}
+
+
 def _relative(path: Path, results_dir: Path) -> str:
     """Checkpoint paths are stored relative to the results directory, so a moved tree keeps working."""
     return os.path.relpath(path, results_dir)
 
 
-def base_record(cfg: RunConfig, task: Task, model: nn.Module, device: torch.device) -> dict[str, Any]:
-    """The record's fields known before training; status starts as failed until training ends."""
+def base_record(cfg: RunConfig, task: Task, model: nn.Module, device: torch.device,
+                reference: dict[str, Any] | None = None) -> dict[str, Any]:
+    """The record's fields known before training; status starts as failed until training ends. A variant
+    passes its parent's reference line, which the dense run already computed (some tasks train it)."""
     info = task.data_info()
     return {
         "schema_version": SCHEMA_VERSION, "run_id": cfg.run_id, "created": dt.datetime.now(dt.UTC).isoformat(),
@@ -118,7 +133,7 @@ def base_record(cfg: RunConfig, task: Task, model: nn.Module, device: torch.devi
                   "size_bytes": compress.serialized_size(model)[0]},
         "config": cfg.to_dict(),
         "data": {**info, "synthetic": cfg.source == "synthetic"},
-        "metrics": {}, "reference": task.reference(), "learning_curve": [],
+        "metrics": {}, "reference": task.reference() if reference is None else reference, "learning_curve": [],
         "budget_used": {"seconds": 0.0, "units": 0, "epochs": 0.0, "steps": 0, "max_seconds": None,
                         "unit_limit": None},
         "throughput": {"unit": task.unit, "train_units_per_s": None, "eval_units_per_s": None,
@@ -183,7 +198,7 @@ def run_variant(variant: str, finetune_units: int, parent: dict[str, Any], paren
     if precision != cfg.precision:
         notes.append(f"int8 model evaluated without {cfg.precision} autocast; the parent's metrics used it")
     metrics = {s: evaluate(task, model, PrecisionPolicy(precision, device), s)[0] for s in ("valid", "test")}
-    record = base_record(cfg, task, model, device)
+    record = base_record(cfg, task, model, device, reference=parent["reference"])
     record["model"]["params"] = parent["model"]["params"]  # the parent's count: quantized params are packed
     if outcome is not None:
         fill_outcome(record, outcome, trainer, metrics, device)

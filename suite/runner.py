@@ -237,7 +237,7 @@ class Trainer:
             "scaler": self.policy.state_dict(),
             "progress": dataclasses.asdict(self.progress),
             "carry": self.carry,
-            "rng": _rng_state(),
+            "rng": rng_state(),
         }, self.last_path)
 
     def _load_checkpoint(self) -> None:
@@ -254,7 +254,7 @@ class Trainer:
         self.policy.load_state_dict(ckpt["scaler"])
         self.progress = Progress(**ckpt["progress"])
         self.carry = ckpt["carry"]
-        _set_rng_state(ckpt["rng"])
+        set_rng_state(ckpt["rng"])
 
 
 def _optimizer(cfg: RunConfig, params: list[nn.Parameter]) -> torch.optim.Optimizer:
@@ -276,14 +276,14 @@ def _timed(batches: Any, clock: Callable[[], float]) -> Any:
         yield batch, start
 
 
-def _rng_state() -> dict[str, Any]:
+def rng_state() -> dict[str, Any]:
     state = {"torch": torch.get_rng_state(), "numpy": np.random.get_state(), "python": random.getstate()}
     if torch.cuda.is_available():
         state["cuda"] = torch.cuda.get_rng_state_all()
     return state
 
 
-def _set_rng_state(state: dict[str, Any]) -> None:
+def set_rng_state(state: dict[str, Any]) -> None:
     torch.set_rng_state(state["torch"].cpu())
     np.random.set_state(state["numpy"])
     random.setstate(state["python"])

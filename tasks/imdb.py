@@ -138,7 +138,11 @@ def read_split(root: Path, split: str) -> tuple[list[str], list[int]]:
         if not files:
             raise DataError(f"{root / split / folder} holds no reviews: delete {root.parent} and the archive "
                             f"beside it and run again, or use --source synthetic")
-        texts += [f.read_text(encoding="utf-8") for f in files]
+        try:
+            texts += [f.read_text(encoding="utf-8") for f in files]
+        except UnicodeDecodeError as exc:
+            raise DataError(f"a review under {root / split / folder} is not UTF-8 ({exc.reason}): delete "
+                            f"{root.parent} and the archive beside it and run again") from None
         labels += [label] * len(files)
     return texts, labels
 
@@ -220,7 +224,8 @@ class IMDB(Task):
         self.labels = {s: y.astype(np.int64) for s, y in labels.items()}
         self.lengths = {s: np.array([len(x) for x in ids]) for s, ids in self.ids.items()}
         if min(len(y) for y in self.labels.values()) == 0 or min(x.min() for x in self.lengths.values()) == 0:
-            raise UserError("an IMDB split is empty or holds an empty review: check the data or raise the sizes")
+            raise DataError("an IMDB split is empty or holds an empty review: check the data files, or raise "
+                            "options.synthetic_reviews for the synthetic source")
         self._reference: dict[str, Any] | None = None
 
     def _real(self) -> tuple:

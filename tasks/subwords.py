@@ -8,6 +8,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import sys
 
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 
@@ -30,7 +31,10 @@ def cached_bpe(lines: list[str], vocab_size: int, key: str) -> Tokenizer:
     """The BPE model of `lines` from the cache, trained and stored on first use."""
     path = data_dir() / "bpe" / f"{hashlib.sha256(key.encode()).hexdigest()[:20]}.json"
     if path.is_file():
-        return Tokenizer.from_file(str(path))
+        try:
+            return Tokenizer.from_file(str(path))
+        except Exception as exc:  # tokenizers raises its own exception types for a damaged file
+            print(f"cached BPE model {path} is unreadable ({exc}): training it again", file=sys.stderr)
     tok = train_bpe(lines, vocab_size)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")

@@ -1,8 +1,8 @@
 """What the translation task reports beyond its metrics: the no-attention reference line, the hypotheses
 its BLEU was computed on, and attention heatmaps.
 
-The reference is the same model with `attention="none"`, trained for `options.reference_units` target
-tokens (tasks/twin.py).
+The reference is the same model with `attention="none"` (tasks/twin.py), trained under the run's budget
+or for `options.reference_units` target tokens.
 """
 from __future__ import annotations
 
@@ -48,12 +48,13 @@ def save_heatmaps(task: Translation, model: nn.Module, out_dir: Path) -> dict[st
         src = torch.from_numpy(task.splits["valid"].src[i])[None].to(task.device)  # (1, S)
         lengths = torch.tensor([src.size(1)])
         limit = int(src.size(1) * task.cfg.options.max_len_a) + task.cfg.options.max_len_b
-        tokens = greedy_search(model.step, model.init_state(src, lengths), BOS, EOS, limit).tokens[0]
+        found = greedy_search(model.step, model.init_state(src, lengths), BOS, EOS, limit)
+        tokens, end = found.tokens[0], ["</s>"] if found.finished[0] else []
         tgt_in = torch.tensor([[BOS, *tokens]], device=task.device)
         _, weights = model.teacher_forced(src, lengths, tgt_in)  # (1, T, S)
         files[f"attention_valid_{i}"] = plot_attention(
             weights[0].float().cpu().numpy(), [task.src_tok.id_to_token(int(t)) for t in src[0]],
-            [*(task.tgt_tok.id_to_token(t) for t in tokens), "</s>"], out_dir / f"attention-valid-{i}.png")
+            [*(task.tgt_tok.id_to_token(t) for t in tokens), *end], out_dir / f"attention-valid-{i}.png")
     return files
 
 

@@ -1,14 +1,16 @@
 """Reference lines that are the task's own model with one thing taken away (no attention, no image),
 trained through the one runner on the same data and evaluated like any run.
 
-The twin trains for a fixed number of units, with the run's RNG state left untouched, and its metrics
-are cached under the data dir keyed by the twin's config digest and the data checksum, so that each
-(config, data) pair pays for it once.
+The twin trains under the run's own budget (or for a fixed number of units), with the run's random
+state left untouched, and its metrics are cached under the data dir keyed by the twin's config digest,
+the task's version and metrics, and the data checksum, so that each (config, data) pair pays for it
+once and a variant reuses its parent's.
 """
 from __future__ import annotations
 
 import copy
 import dataclasses
+import hashlib
 import json
 import os
 import tempfile
@@ -18,35 +20,56 @@ from typing import Any
 import torch
 
 from suite.config import Budget
+from suite.errors import UserError
 from suite.fetch import data_dir
 from suite.registry import MODELS
 from tasks.base import Task
 
+REFERENCE_VERSION = 2
+"""Part of every cache key: bump it when what a cached reference means changes."""
 
-def twin_reference(task: Task, changes: dict[str, Any], units: int, data_checksum: str) -> dict[str, Any]:
+
+def twin_reference(task: Task, changes: dict[str, Any], units: int | None, data_checksum: str) -> dict[str, Any]:
     """{"name": task.reference_name, "valid": metrics, "test": metrics} of the task's model trained with
-    `changes` applied to its options, for `units` training units."""
+    `changes` applied to its options: for `units` training units, or under the run's own budget if None."""
     # Imported here: suite.runner imports tasks (for the Task type), so a module-level import is circular.
-    from suite.runner import Trainer, evaluate, seed_everything
+    from suite.runner import Trainer, evaluate, rng_state, seed_everything, set_rng_state
 
-    cfg = dataclasses.replace(task.cfg, options=dataclasses.replace(task.cfg.options, **changes),
-                              budget=Budget(max_units=units, checkpoint_every_seconds=1e9))
-    path = data_dir() / "references" / f"{task.name}-{cfg.digest()[:16]}-{data_checksum[:16]}.json"
+    budget = task.cfg.budget if units is None else Budget(max_units=units)
+    # A variant of a run shares its reference: the key ignores what makes a variant.
+    cfg = dataclasses.replace(task.cfg, options=dataclasses.replace(task.cfg.options, **changes), variant="dense",
+                              parent=None, finetune_units=0,
+                              budget=dataclasses.replace(budget, eval_every_units=None, checkpoint_every_seconds=1e9))
+    key = json.dumps([REFERENCE_VERSION, task.version, sorted(task.metrics), cfg.digest(), data_checksum])
+    path = data_dir() / "references" / f"{task.name}-{hashlib.sha256(key.encode()).hexdigest()[:24]}.json"
     if path.is_file():
         return json.loads(path.read_text())
     twin = copy.copy(task)  # shares the prepared data, which training and evaluation only read
     twin.cfg = cfg
-    devices = [task.device] if task.device.type == "cuda" else []
-    with torch.random.fork_rng(devices=devices), tempfile.TemporaryDirectory() as tmp:  # the run's RNG untouched
-        seed_everything(cfg.seed)
-        model = twin.build(lambda n: MODELS[cfg.model](n, cfg.backbone)).to(task.device)
-        trainer = Trainer(cfg, twin, model, task.device, Path(tmp), progress_bar=False)
-        trainer.run()
-        model.load_state_dict(torch.load(trainer.best_path, map_location=task.device)["model"])
-        reference = {"name": task.reference_name,
-                     **{s: evaluate(twin, model, trainer.policy, s)[0] for s in ("valid", "test")}}
+    saved = rng_state()  # the run's random streams (torch, CUDA, numpy, Python) come back untouched
+    try:
+        with tempfile.TemporaryDirectory() as tmp:
+            seed_everything(cfg.seed)
+            model = twin.build(lambda n: MODELS[cfg.model](n, cfg.backbone)).to(task.device)
+            trainer = Trainer(cfg, twin, model, task.device, Path(tmp), progress_bar=False)
+            outcome = trainer.run()
+            _check(outcome, task.reference_name)
+            model.load_state_dict(torch.load(trainer.best_path, map_location=task.device)["model"])
+            reference = {"name": task.reference_name,
+                         **{s: evaluate(twin, model, trainer.policy, s)[0] for s in ("valid", "test")}}
+    finally:
+        set_rng_state(saved)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp_path = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     tmp_path.write_text(json.dumps(reference))
     os.replace(tmp_path, path)
     return reference
+
+
+def _check(outcome: Any, name: str) -> None:
+    """Only a finished twin is a reference: a signal ends the whole run, a divergence is an error."""
+    if outcome.status == "interrupted":
+        raise KeyboardInterrupt(f"interrupted while training the {name} reference line")
+    if outcome.status not in ("completed", "budget_exhausted"):
+        raise UserError(f"the {name} reference line {outcome.status} ({outcome.stopped_by}): "
+                        "lower train.lr or raise the reference's unit count, then run again")

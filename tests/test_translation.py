@@ -221,13 +221,23 @@ def teacher_forced_logprob(model: torch.nn.Module, src: torch.Tensor, n: int, to
                                                    ("lstm", "none")])
 def test_beam_scores_are_teacher_forced_log_probs_and_beam_1_is_greedy(model_name: str, attention: str) -> None:
     task = make_task("synthetic", f"options.attention='{attention}'", model=model_name)
-    model = make_model(task)
+    model = make_model(task).train()
+    optimizer = torch.optim.Adam(model.parameters(), lr=1e-2)
+    for epoch in range(4):  # briefly trained, so that hypotheses end with EOS at different lengths
+        for batch in task.train_batches(epoch):
+            optimizer.zero_grad()
+            task.loss(model, batch, None)[0].backward()
+            optimizer.step()
+    model.eval()
     _, (src, lengths, _, _) = next(task.eval_batches("valid"))
     with torch.no_grad():
         state = model.init_state(src, lengths)
         greedy = greedy_search(model.step, state, BOS, EOS, 12)
+        beam = beam_search(model.step, state, BOS, EOS, 12, beam=5, length_penalty=0.6)
+        ended = greedy.finished + beam.finished
+        assert any(ended) and not all(ended)  # both the EOS and the max_len endings are checked
         assert beam_search(model.step, state, BOS, EOS, 12, beam=1, length_penalty=0.6) == greedy
-        for found in (greedy, beam_search(model.step, state, BOS, EOS, 12, beam=5, length_penalty=0.6)):
+        for found in (greedy, beam):
             for i in range(src.size(0)):
                 expected = teacher_forced_logprob(model, src[i], int(lengths[i]), found.tokens[i], found.finished[i])
                 assert found.scores[i] == pytest.approx(expected, abs=1e-4)
