@@ -1,5 +1,6 @@
 """Built-in tasks, imported explicitly so that registration order is fixed."""
 from tasks import (
+    captioning,  # noqa: F401
     imdb,  # noqa: F401
     ptb,  # noqa: F401
     translation,  # noqa: F401

@@ -46,8 +46,11 @@ def test_paper_presets_state_the_published_configurations() -> None:
     imdb, translation = TASKS["imdb"].presets["paper"], TASKS["translation"].presets["paper"]
     assert (imdb["backbone.num_layers"], imdb["backbone.hidden_size"], imdb["budget.max_epochs"]) == (2, 256, 10)
     assert (translation["options.attention"], translation["backbone.hidden_size"]) == ("additive", 512)
+    captioning = TASKS["captioning"].presets["paper"]
+    assert (captioning["options.encoder"], captioning["options.alpha_c"]) == ("resnet101", 1.0)
     for module, anchors in (("tasks.imdb", ("86.5", "Dai & Le 2015", "91.2")),
-                            ("tasks.translation", ("28 BLEU", "about 21", "about 14"))):
+                            ("tasks.translation", ("28 BLEU", "about 21", "about 14")),
+                            ("tasks.captioning", ("Flickr8k 19.5", "Flickr30k 19.1", "COCO 24.3", "COCO 27.7"))):
         doc = __import__(module, fromlist=["_"]).__doc__
         assert all(a in doc for a in anchors)
 
@@ -109,10 +112,12 @@ def test_leaderboard_and_compare_use_the_tasks_metrics(dense: tuple, tmp_path: P
 
 def test_the_run_page_shows_the_attention_heatmaps(dense: tuple, tmp_path: Path) -> None:
     task_name, results, record, _ = dense
-    if task_name != "translation":
-        pytest.skip("only translation writes images")
+    images = [rel for rel in record.get("artifacts", {}).values() if rel.endswith(".png")]
+    if not images:
+        pytest.skip(f"{task_name} writes no images")
     index = write_site(build_export(results), results, tmp_path)
     page = next(p for p in (index.parent / "runs").iterdir() if record["run_id"][:40] in p.name)
     sources = re.findall(r'<img src="([^"]+\.png)"', page.read_text())
-    assert len(sources) == 1 and (page.parent / html.unescape(sources[0])).resolve().is_file()
-    assert "valid_hypotheses" in page.read_text()
+    assert len(sources) == len(images) == 1 and (page.parent / html.unescape(sources[0])).resolve().is_file()
+    assert any(f">{name}</a>" in page.read_text() for name in record["artifacts"] if not name.startswith(("attention",
+                                                                                                       "example")))

@@ -13,6 +13,8 @@ COMMON = ["backbone.hidden_size=16", "backbone.num_layers=1", "options.emb_size=
 TASK_TINY = {
     "ptb": [*COMMON, "options.bptt=10", "options.synthetic_tokens=20000"],
     "imdb": [*COMMON, "options.synthetic_reviews=200"],
+    "captioning": [*COMMON, "options.synthetic_images=120", "options.synthetic_eval_images=30",
+                   "options.reference_units=400", "options.examples=1", "train.eval_batch_size=30"],
     "translation": [*COMMON, "options.synthetic_pairs=300", "options.synthetic_eval_pairs=40", "options.vocab_size=120",
                     "options.reference_units=600", "options.heatmaps=1", "train.eval_batch_size=40"],
 }

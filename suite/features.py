@@ -1,0 +1,280 @@
+"""Grid features of an ImageNet CNN, and a disk cache of them shared by every task that encodes images.
+
+`GridEncoder` cuts a torchvision ResNet before its global pooling, so an image becomes a grid of
+N = h*w feature vectors (resnet50 at 224x224: 7x7 cells of 2048 channels). `cached_features` runs a
+frozen encoder over a whole image set once and keeps the result at `data_dir()/features/<key>.npy`:
+float16 by default (resnet50 at 224x224: 49 x 2048 x 2 B = 196 KiB per image), memory-mapped on load.
+A captioning task passes still images; a video task passes frames.
+"""
+from __future__ import annotations
+
+import difflib
+import hashlib
+import json
+import math
+import os
+import re
+import sys
+import tempfile
+from collections import OrderedDict
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+import torchvision
+from torch import Tensor, nn
+
+from suite.errors import DataError, UserError
+from suite.fetch import data_dir, file_digest
+
+ENCODERS = ("resnet18", "resnet34", "resnet50", "resnet101")
+"""torchvision models an encoder can wrap; all share the stage names and the stride below."""
+STAGES = ("conv1", "bn1", "relu", "maxpool", "layer1", "layer2", "layer3", "layer4")
+"""The ResNet children kept: everything before `avgpool` and `fc`. `layer4` is the last residual stage."""
+STRIDE = 32
+"""Pixels per grid cell: a HxW image gives a ceil(H/32) x ceil(W/32) grid."""
+RANDOM_INIT_SEED = 0
+FORMAT_VERSION = 1
+"""Part of every cache key: bump it when the meaning of a cache file changes (cut point, normalisation)."""
+DTYPES = {torch.float16: np.float16, torch.float32: np.float32}
+"""Storage dtypes of the cache. float16 halves the disk and keeps ~3 significant digits, enough for
+post-ReLU grid features; values beyond its 65504 maximum (a random-init resnet101 reaches ~3e5) are
+refused, not stored as inf: use float32 there."""
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+
+ImageSource = Callable[[slice], Tensor] | Iterable[Tensor]
+"""Images as `source(slice(start, stop)) -> (b, 3, H, W)`, or an iterable of such batches in order."""
+
+
+@dataclass(frozen=True)
+class Weights:
+    """The weights an encoder starts from, and what a results record says about them."""
+
+    state_dict: dict[str, Tensor] | None
+    """The whole torchvision model's state dict (with `fc`), or None for a random init."""
+    tag: str
+    """"IMAGENET1K_V2", "unverified:<file name>" (a file whose sha256 differs from the published one),
+    or "random-init-seed-0"."""
+    sha256_prefix: str | None
+    """First 16 hex digits of the file's sha256; None for a random init (the encoder hashes its tensors)."""
+    description: str
+    """One human line: what was loaded from where, or which path held no ImageNet weights."""
+
+
+def load_weights(name: str, *, allow_download: bool = False) -> Weights:
+    """ImageNet weights of `name` from torch hub's cache (`torch.hub.get_dir()/checkpoints`), the
+    DEFAULT version first; downloaded only with `allow_download`, otherwise a random init (said on stderr)."""
+    enum = _weights_enum(name)
+    choices = [enum.DEFAULT] + [w for w in reversed(list(enum)) if w != enum.DEFAULT]
+    folder = Path(torch.hub.get_dir()) / "checkpoints"
+    for weights in choices:
+        path = folder / _file_name(weights.url)
+        if path.is_file():
+            return _read_weights(path, weights)
+    if allow_download:
+        _download(enum.DEFAULT.url, folder)
+        return _read_weights(folder / _file_name(enum.DEFAULT.url), enum.DEFAULT)
+    others = "".join(f" or {_file_name(w.url)}" for w in choices[1:])
+    description = f"random init (no ImageNet weights in {folder / _file_name(enum.DEFAULT.url)}{others})"
+    print(f"{name}: {description}", file=sys.stderr)
+    return Weights(None, f"random-init-seed-{RANDOM_INIT_SEED}", None, description)
+
+
+def _download(url: str, folder: Path) -> None:
+    print(f"downloading {url} -> {folder}", file=sys.stderr)
+    try:
+        torch.hub.load_state_dict_from_url(url, model_dir=str(folder), progress=False, check_hash=True)
+    except OSError as err:  # URLError and timeouts; a bad hash is a RuntimeError and says so itself
+        raise DataError(f"cannot download {url} ({err}): put {_file_name(url)} in {folder}") from err
+
+
+def _weights_enum(name: str) -> type[torchvision.models.WeightsEnum]:
+    if name not in ENCODERS:
+        close = difflib.get_close_matches(name, ENCODERS, n=3, cutoff=0.5)
+        hint = f"did you mean {', '.join(close)}?" if close else f"choose from {', '.join(ENCODERS)}"
+        raise UserError(f"unknown encoder {name!r}: {hint}")
+    return torchvision.models.get_model_weights(name)
+
+
+def _file_name(url: str) -> str:
+    return url.rsplit("/", 1)[-1]
+
+
+def _read_weights(path: Path, weights: torchvision.models.WeightsEnum) -> Weights:
+    """Load a state dict file; a sha256 that differs from the one in its published name is loaded but
+    not recorded as the official weights."""
+    digest = file_digest(path, "sha256")
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as err:  # pickle, zip and tensor errors alike mean a damaged file
+        raise DataError(f"{path} is not a readable state dict ({err}): delete it or replace it") from err
+    published = re.search(r"-([0-9a-f]+)\.pth$", path.name)
+    if published and digest.startswith(published.group(1)):
+        return Weights(state, weights.name, digest[:16], f"{weights.name} from {path} (sha256 {digest[:16]})")
+    note = f"{path} loaded, but its sha256 {digest[:16]} is not the published {weights.name}"
+    print(f"warning: {note}", file=sys.stderr)
+    return Weights(state, f"unverified:{path.name}", digest[:16], note)
+
+
+class GridEncoder(nn.Module):
+    """A ResNet without its pooling and classifier: images (B, 3, H, W) in [0, 1] -> grid (B, N, D).
+
+    Every parameter is frozen unless `trainable_last_block`, which leaves `layer4` trainable. Frozen
+    stages stay in eval mode even under `.train()`: their BatchNorm statistics belong to the weights.
+    """
+
+    def __init__(self, name: str = "resnet50", *, trainable_last_block: bool = False,
+                 allow_download: bool = False) -> None:
+        super().__init__()
+        weights = load_weights(name, allow_download=allow_download)
+        with torch.random.fork_rng(devices=[]):  # a fixed init that leaves the caller's RNG untouched
+            torch.manual_seed(RANDOM_INIT_SEED)
+            model = torchvision.models.get_model(name, weights=None)
+        if weights.state_dict is not None:
+            model.load_state_dict(weights.state_dict)
+        self.body = nn.Sequential(OrderedDict((stage, getattr(model, stage)) for stage in STAGES))
+        self.name, self.dim, self.trainable_last_block = name, model.fc.in_features, trainable_last_block
+        sha = weights.sha256_prefix or _tensor_digest(self.body.state_dict())[:16]
+        # What a results record says about this encoder; also the encoder's part of a cache key.
+        self.record = {"encoder": name, "weights": weights.tag, "weights_sha256_prefix": sha}
+        self.weights_description = weights.description
+        for stage_name, stage in self.body.named_children():
+            stage.requires_grad_(trainable_last_block and stage_name == "layer4")
+        self.register_buffer("mean", torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1), persistent=False)
+        self.register_buffer("std", torch.tensor(IMAGENET_STD).view(1, 3, 1, 1), persistent=False)
+        self.train(False)
+
+    def forward(self, images: Tensor) -> Tensor:
+        if images.dtype == torch.uint8:
+            images = images.float() / 255
+        x = (images - self.mean) / self.std  # (B, 3, H, W), ImageNet-normalised
+        grid = self.body(x)  # (B, D, h, w)
+        return grid.flatten(2).transpose(1, 2)  # (B, h*w, D), cells in row-major order
+
+    def train(self, mode: bool = True) -> GridEncoder:
+        super().train(mode)
+        for stage_name, stage in self.body.named_children():
+            stage.train(mode and self.trainable_last_block and stage_name == "layer4")
+        return self
+
+    def grid_cells(self, height: int, width: int) -> int:
+        """N, the number of grid cells of a height x width image."""
+        return math.ceil(height / STRIDE) * math.ceil(width / STRIDE)
+
+
+def _tensor_digest(state: dict[str, Tensor]) -> str:
+    """sha256 over names and bytes of a state dict: identifies a random init exactly."""
+    digest = hashlib.sha256()
+    for key, tensor in state.items():
+        digest.update(key.encode())
+        digest.update(tensor.detach().cpu().numpy().tobytes())  # every state-dict dtype of a ResNet has a numpy twin
+    return digest.hexdigest()
+
+
+def feature_key(data_checksum: str, encoder: GridEncoder, image_size: int | tuple[int, int],
+                dtype: torch.dtype = torch.float16) -> str:
+    """Cache key: sha256 of everything the stored features depend on; any part changing recomputes."""
+    return hashlib.sha256(json.dumps(_key_parts(data_checksum, encoder, image_size, dtype)).encode()).hexdigest()
+
+
+def _key_parts(data_checksum: str, encoder: GridEncoder, image_size: int | tuple[int, int],
+               dtype: torch.dtype) -> dict:
+    height, width = _size(image_size)
+    return {"format": FORMAT_VERSION, "data": data_checksum, **encoder.record,
+            "image_size": [height, width], "dtype": str(dtype).removeprefix("torch.")}
+
+
+def feature_path(key: str) -> Path:
+    return data_dir() / "features" / f"{key}.npy"
+
+
+def cached_features(images: ImageSource, count: int, encoder: GridEncoder, data_checksum: str,
+                    image_size: int | tuple[int, int], batch_size: int = 32,
+                    dtype: torch.dtype = torch.float16) -> Tensor:
+    """Grid features (count, N, D) of an image set in `dtype`, computed once per key and memory-mapped.
+
+    `data_checksum` must identify the exact images (files, order, preprocessing). The encoder runs in
+    eval mode under no_grad on its own device (move it first), in batches of `batch_size` when
+    `images` is a callable. A cache file that cannot be read back is recomputed.
+    """
+    if dtype not in DTYPES:
+        raise ValueError(f"dtype must be one of {list(DTYPES)}, got {dtype}")
+    if any(p.requires_grad for p in encoder.parameters()):
+        raise ValueError("features of an encoder with trainable parameters go stale as it trains: not cached")
+    if count < 1:
+        raise ValueError(f"count must be positive, got {count}")
+    parts = _key_parts(data_checksum, encoder, image_size, dtype)
+    path = feature_path(feature_key(data_checksum, encoder, image_size, dtype))
+    shape = (count, encoder.grid_cells(*_size(image_size)), encoder.dim)
+    if path.is_file():
+        try:
+            return _load(path, shape, dtype)
+        except Exception as err:  # np.load raises ValueError, OSError, EOFError or BadZipFile by the damage
+            print(f"cached features {path} are unreadable ({err}): recomputing", file=sys.stderr)
+    print(f"computing {encoder.name} features of {count} images -> {path}", file=sys.stderr)
+    _compute(_batches(images, count, batch_size), encoder, path, shape, dtype, _size(image_size))
+    _write_json(path.with_suffix(".json"), parts)  # says what the opaque key stands for
+    return _load(path, shape, dtype)
+
+
+def _size(image_size: int | tuple[int, int]) -> tuple[int, int]:
+    return (image_size, image_size) if isinstance(image_size, int) else tuple(image_size)
+
+
+def _load(path: Path, shape: tuple[int, ...], dtype: torch.dtype) -> Tensor:
+    """Memory-map a cache file (copy-on-write: writes stay in memory), checking shape and dtype."""
+    array = np.load(path, mmap_mode="c", allow_pickle=False)
+    if not isinstance(array, np.memmap):  # e.g. a zip file, which np.load opens as an .npz archive
+        raise ValueError("not a .npy file")
+    if array.shape != shape or array.dtype != DTYPES[dtype]:
+        raise ValueError(f"holds {array.dtype} {array.shape}, expected {np.dtype(DTYPES[dtype])} {shape}")
+    return torch.from_numpy(array)
+
+
+def _batches(images: ImageSource, count: int, batch_size: int) -> Iterator[Tensor]:
+    if callable(images):
+        for start in range(0, count, batch_size):
+            yield images(slice(start, min(start + batch_size, count)))
+    else:
+        yield from images
+
+
+def _compute(batches: Iterator[Tensor], encoder: GridEncoder, path: Path, shape: tuple[int, ...],
+             dtype: torch.dtype, size: tuple[int, int]) -> None:
+    """Fill a temp file batch by batch (the set never sits in memory whole), then move it into place."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.stem}.", suffix=".part")
+    os.close(fd)
+    device, was_training, done = next(encoder.parameters()).device, encoder.training, 0
+    try:
+        out = np.lib.format.open_memmap(name, mode="w+", dtype=DTYPES[dtype], shape=shape)
+        encoder.eval()
+        with torch.no_grad():
+            for batch in batches:
+                if batch.ndim != 4 or tuple(batch.shape[1:]) != (3, *size) or done + len(batch) > shape[0]:
+                    raise ValueError(f"images {done}.. have shape {tuple(batch.shape)}, expected (b, 3, {size[0]}, "
+                                     f"{size[1]}) and {shape[0]} images in all")
+                stored = encoder(batch.to(device)).to(dtype)  # (b, N, D)
+                if not torch.isfinite(stored).all():  # e.g. a random-init resnet101 exceeds float16's 65504
+                    raise ValueError(f"{encoder.name} features of images {done}.. are not finite in {dtype}: "
+                                     "store them as torch.float32")
+                out[done:done + len(batch)] = stored.cpu().numpy()
+                done += len(batch)
+        if done != shape[0]:
+            raise ValueError(f"the image source gave {done} images, expected {shape[0]}")
+        out.flush()
+        del out
+        os.replace(name, path)  # atomic: a killed run never leaves a partial file at `path`
+    finally:
+        encoder.train(was_training)
+        Path(name).unlink(missing_ok=True)
+
+
+def _write_json(path: Path, value: dict) -> None:
+    fd, name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.stem}.", suffix=".part")
+    with os.fdopen(fd, "w") as f:
+        json.dump(value, f, indent=1)
+    os.replace(name, path)
