@@ -66,7 +66,8 @@ class Weights:
 
 def load_weights(name: str, *, allow_download: bool = False) -> Weights:
     """ImageNet weights of `name` from torch hub's cache (`torch.hub.get_dir()/checkpoints`), the
-    DEFAULT version first; downloaded only with `allow_download`, otherwise a random init (said on stderr)."""
+    DEFAULT version first; downloaded only with `allow_download`; otherwise, or when the download fails, a
+    random init (said on stderr and in the description)."""
     enum = _weights_enum(name)
     choices = [enum.DEFAULT] + [w for w in reversed(list(enum)) if w != enum.DEFAULT]
     folder = Path(torch.hub.get_dir()) / "checkpoints"
@@ -74,11 +75,15 @@ def load_weights(name: str, *, allow_download: bool = False) -> Weights:
         path = folder / _file_name(weights.url)
         if path.is_file():
             return _read_weights(path, weights)
+    failed = ""
     if allow_download:
-        _download(enum.DEFAULT.url, folder)
-        return _read_weights(folder / _file_name(enum.DEFAULT.url), enum.DEFAULT)
+        try:
+            _download(enum.DEFAULT.url, folder)
+            return _read_weights(folder / _file_name(enum.DEFAULT.url), enum.DEFAULT)
+        except DataError as err:  # offline: fall back to a random init, and say why
+            failed = f"; {err}"
     others = "".join(f" or {_file_name(w.url)}" for w in choices[1:])
-    description = f"random init (no ImageNet weights in {folder / _file_name(enum.DEFAULT.url)}{others})"
+    description = f"random init (no ImageNet weights in {folder / _file_name(enum.DEFAULT.url)}{others}{failed})"
     print(f"{name}: {description}", file=sys.stderr)
     return Weights(None, f"random-init-seed-{RANDOM_INIT_SEED}", None, description)
 

@@ -7,7 +7,6 @@ synthetic scenes) and, per image, all of its reference captions as raw strings.
 from __future__ import annotations
 
 import json
-import re
 from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
@@ -17,7 +16,8 @@ import torch
 
 from suite.archives import extract
 from suite.errors import DataError
-from suite.fetch import RemoteFile, data_dir, fetch
+from suite.fetch import RemoteFile, data_dir, fetch, file_digest
+from tasks.caption_metrics import tokenize
 
 SPLITS = ("train", "valid", "test")
 COCO_ORIGIN = "http://images.cocodataset.org"
@@ -27,7 +27,6 @@ COCO_FILES = {  # md5 of the official 2017 archives
     "val2017": RemoteFile("zips/val2017.zip", "442b8da7639aecaf257c1dceb8ba8c80"),
 }
 KARPATHY_SPLIT = {"train": "train", "restval": "train", "val": "valid", "test": "test"}
-WORD_RE = re.compile(r"[a-z0-9]+(?:'[a-z]+)?")
 SPECIALS = ("<pad>", "<unk>", "<s>", "</s>")
 
 
@@ -40,8 +39,23 @@ class Captions:
 
 
 def words(caption: str) -> list[str]:
-    """Lowercase word tokens, punctuation dropped (what the vocabulary and BLEU's hypotheses are made of)."""
-    return WORD_RE.findall(caption.lower())
+    """The caption's tokens exactly as the metrics see them (tasks/caption_metrics.py), so that every
+    reference word ("t-shirt", "3.5") can be in the vocabulary and generated."""
+    return tokenize(caption).split()
+
+
+def drop_uncaptioned(splits: dict[str, Captions]) -> tuple[dict[str, Captions], dict[str, int]]:
+    """Images with no reference that has a word left are dropped (nothing can score them); counts dropped."""
+    out, dropped = {}, {}
+    for name, caps in splits.items():
+        keep = [i for i, refs in enumerate(caps.references) if any(words(r) for r in refs)]
+        out[name] = Captions([caps.images[i] for i in keep], [[r for r in caps.references[i] if words(r)]
+                                                              for i in keep])
+        dropped[name] = len(caps.images) - len(keep)
+        if not keep:
+            raise DataError(f"split {name} has no captioned image: check the caption files, or replace them "
+                            f"with the official ones")
+    return out, dropped
 
 
 def build_vocab(train: Captions, min_count: int) -> dict[str, int]:
@@ -99,7 +113,11 @@ def coco(valid_seed: int) -> dict[str, Captions]:
         if not ann.is_file():
             raise DataError(f"{ann} is not in {COCO_FILES['annotations'].relpath}: delete {folders['annotations']} "
                             f"to extract it again, or replace the archive with the official file")
-        data = json.loads(ann.read_text(encoding="utf-8"))
+        try:
+            data = json.loads(ann.read_text(encoding="utf-8"))
+        except ValueError as exc:
+            raise DataError(f"{ann} is not valid JSON ({exc}): delete {folders['annotations']} and the archive "
+                            "beside it, then run again") from None
         for im in data["images"]:
             files[im["id"]] = folders[part] / part / im["file_name"]
         for a in data["annotations"]:
@@ -111,12 +129,20 @@ def coco(valid_seed: int) -> dict[str, Captions]:
 
 
 def _coco_karpathy(split_file: Path, files: dict[int, Path], captions: dict[int, list[str]]) -> dict[str, Captions]:
+    """Karpathy's COCO split; its cocoids name the 2017 files (its 2014 file names are not used)."""
+    fix = "delete it to use the default split, or replace it with Karpathy's dataset_coco.json"
     out = {s: Captions([], []) for s in SPLITS}
-    for im in json.loads(split_file.read_text(encoding="utf-8"))["images"]:
-        if im["cocoid"] in files:
-            split = out[KARPATHY_SPLIT[im["split"]]]
-            split.images.append(files[im["cocoid"]])
-            split.references.append(captions.get(im["cocoid"], []))
+    try:
+        for im in json.loads(split_file.read_text(encoding="utf-8"))["images"]:
+            if im["cocoid"] in files:
+                split = out[KARPATHY_SPLIT[im["split"]]]
+                split.images.append(files[im["cocoid"]])
+                split.references.append(captions.get(im["cocoid"], []))
+    except (ValueError, KeyError, TypeError) as exc:
+        raise DataError(f"{split_file} is not Karpathy's COCO split ({type(exc).__name__}: {exc}): {fix}") from None
+    empty = [s for s, c in out.items() if not c.images]
+    if empty:
+        raise DataError(f"{split_file} names no COCO 2017 image in split(s) {', '.join(empty)}: {fix}")
     return out
 
 
@@ -139,3 +165,14 @@ def load_image(path: Path, size: int) -> torch.Tensor:
     except (OSError, UnidentifiedImageError) as exc:
         raise DataError(f"cannot read image {path} ({exc}): replace it with the dataset's file") from None
     return torch.from_numpy(pixels / 255.0).permute(2, 0, 1)
+
+
+def file_checksums(dataset: str) -> dict[str, str]:
+    """The checksums a record carries: COCO's archive md5s, or the sha256 of the Flickr caption JSON (and of
+    a Karpathy split file in use)."""
+    root = data_dir() / dataset
+    sums = {r.relpath: r.checksum for r in COCO_FILES.values()} if dataset == "coco" else {}
+    for name in ("dataset_coco.json", f"dataset_{dataset}.json"):
+        if (root / name).is_file():
+            sums[name] = file_digest(root / name, "sha256")
+    return sums

@@ -10,7 +10,7 @@ import torch
 from matplotlib.figure import Figure
 from torch import nn
 
-from suite.decoding import greedy_search
+from suite.decoding import decode
 from tasks.subwords import BOS, EOS
 
 if TYPE_CHECKING:
@@ -28,7 +28,7 @@ def save_captions(task: Captioning, out_dir: Path) -> dict[str, Path]:
 
 
 def save_examples(task: Captioning, model: nn.Module, out_dir: Path) -> dict[str, Path]:
-    """PNGs of the first `options.examples` test images: the image, its greedy caption, and per word the
+    """PNGs of the first `options.examples` test images: the image, its caption, and per word the
     attention over the feature grid (when the model attends)."""
     count = min(task.cfg.options.examples, len(task.splits["test"].images))
     if count == 0:
@@ -37,8 +37,9 @@ def save_examples(task: Captioning, model: nn.Module, out_dir: Path) -> dict[str
     files = {}
     for i in range(count):
         images = task.inputs["test"][i:i + 1].float().to(task.device)
-        tokens = greedy_search(model.step, model.init_state(images), BOS, EOS,
-                               task.cfg.options.max_caption_len + 1).tokens[0]
+        opts = task.cfg.options  # the search that made the scored captions
+        tokens = decode(model.step, model.init_state(images), BOS, EOS, opts.max_caption_len + 1, opts.beam,
+                        opts.length_penalty).tokens[0]
         _, weights = model.teacher_forced(images, torch.tensor([[BOS, *tokens]], device=task.device))
         words = [task.words[t] for t in tokens]
         picture = _picture(task, i)

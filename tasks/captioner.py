@@ -27,9 +27,11 @@ from tasks.subwords import PAD
 class SmallCNN(nn.Module):
     """images (B, 3, H, W) in [0, 1] -> (B, H/4 * W/4, channels) grid features."""
 
-    def __init__(self, channels: int = 64):
+    channels = 64
+
+    def __init__(self):
         super().__init__()
-        self.output_size = channels
+        channels = self.output_size = self.channels
         self.net = nn.Sequential(nn.Conv2d(3, 32, 3, stride=2, padding=1), nn.ReLU(),
                                  nn.Conv2d(32, channels, 3, stride=2, padding=1), nn.ReLU(),
                                  nn.Conv2d(channels, channels, 3, padding=1), nn.ReLU())

@@ -38,7 +38,7 @@ from suite.registry import register_task
 from tasks import caption_data
 from tasks.base import BackboneFactory, Task
 from tasks.batching import bucket_order
-from tasks.caption_data import Captions, build_vocab, load_image, words
+from tasks.caption_data import Captions, build_vocab, drop_uncaptioned, load_image, words
 from tasks.caption_metrics import caption_metrics, signatures
 from tasks.caption_report import save_captions, save_examples
 from tasks.captioner import Captioner, SmallCNN, doubly_stochastic_penalty
@@ -46,11 +46,16 @@ from tasks.subwords import BOS, EOS, PAD, UNK
 from tasks.synthetic_scenes import SceneSource
 from tasks.twin import twin_reference
 
-# paper: Show, Attend and Tell's soft attention as commonly re-implemented: ResNet-101 grid at 448 px
-# (14 x 14 cells, like the paper's VGG conv5_4), LSTM 512, embeddings 512, dropout 0.5, Adam 4e-4,
-# doubly stochastic weight 1, batch 32, 20 epochs, greedy. Run it with --model lstm.
+PREPROCESS = "rgb-squash-bilinear-v1"
+"""Names `caption_data.load_image`'s preprocessing in the feature cache key: change it with the code."""
+
+# paper: Show, Attend and Tell's soft attention as commonly re-implemented: ResNet-101 grid at 224 px
+# (7 x 7 cells; the paper's VGG conv5_4 grid is 14 x 14, which at 448 px would need a 96 GB feature cache
+# for COCO), LSTM 512, embeddings 512, dropout 0.5, Adam 4e-4, doubly stochastic weight 1, batch 32,
+# 20 epochs, greedy. Run it with --model lstm. Attention reads the LSTM's output rather than feeding its
+# context back into the LSTM's input (tasks/captioner.py), a departure from the paper's model.
 _PAPER = {"backbone.hidden_size": 512, "backbone.num_layers": 1, "options.emb_size": 512,
-          "options.encoder": "resnet101", "options.image_size": 448, "options.dropout": 0.5,
+          "options.encoder": "resnet101", "options.image_size": 224, "options.dropout": 0.5,
           "options.alpha_c": 1.0, "train.batch_size": 32, "train.eval_batch_size": 100, "train.optimizer": "adam",
           "train.lr": 4e-4, "train.clip": 5.0, "budget.max_epochs": 20}
 
@@ -70,6 +75,9 @@ class CaptioningOptions:
     encoder: str = "resnet50"
     """Feature CNN of real images (ImageNet weights when in torch's cache, else a seeded random init)."""
     image_size: int = 224
+    download_weights: bool = True
+    """Fetch the encoder's ImageNet weights when torch's cache lacks them (offline: a seeded random init,
+    which the record says)."""
     min_word_count: int = 5
     """Training words seen fewer times become <unk>."""
     max_caption_len: int = 20
@@ -94,8 +102,12 @@ class CaptioningOptions:
             raise UserError(f"options.dataset must be coco, flickr8k or flickr30k, got {self.dataset!r}")
         if self.encoder not in ENCODERS:
             raise UserError(f"options.encoder must be one of {', '.join(ENCODERS)}, got {self.encoder!r}")
-        if self.beam < 1 or self.max_caption_len < 1 or self.min_word_count < 1:
-            raise UserError("options.beam, options.max_caption_len and options.min_word_count must be >= 1")
+        if min(self.beam, self.max_caption_len, self.min_word_count, self.synthetic_images,
+               self.synthetic_eval_images) < 1 or self.image_size < 32:
+            raise UserError("options.beam, max_caption_len, min_word_count and synthetic_*images must be >= 1, "
+                            "options.image_size >= 32")
+        if self.alpha_c < 0 or not 0 <= self.dropout < 1:
+            raise UserError("options.alpha_c must be >= 0 and options.dropout in [0, 1)")
 
 
 @register_task("captioning")
@@ -144,14 +156,16 @@ class Captioning(Task):
 
     def _real(self, opts: CaptioningOptions) -> dict[str, Captions]:
         out = caption_data.coco(opts.split_seed) if opts.dataset == "coco" else caption_data.flickr(opts.dataset)
+        out, dropped = drop_uncaptioned(out)  # before the feature rows are laid out
         self.checksum = _checksum(out)
-        encoder = GridEncoder(opts.encoder).to(self.device)
+        encoder = GridEncoder(opts.encoder, allow_download=opts.download_weights).to(self.device)
         self.inputs = {}
         for split, caps in out.items():
             self.inputs[split] = cached_features(
                 lambda sl, caps=caps: torch.stack([load_image(p, opts.image_size) for p in caps.images[sl]]),
-                len(caps.images), encoder, f"{self.checksum}/{split}", opts.image_size)
-        self._info = {"dataset": opts.dataset, "encoder": encoder.record, "weights": encoder.weights_description}
+                len(caps.images), encoder, _images_key(caps.images), opts.image_size)
+        self._info = {"dataset": opts.dataset, "encoder": encoder.record, "weights": encoder.weights_description,
+                      "uncaptioned_images_dropped": dropped, "files": caption_data.file_checksums(opts.dataset)}
         return out
 
     def _pairs(self, caps: Captions) -> tuple[np.ndarray, list[np.ndarray]]:
@@ -171,8 +185,8 @@ class Captioning(Task):
 
     def build(self, make_backbone: BackboneFactory) -> nn.Module:
         opts: CaptioningOptions = self.cfg.options
-        cnn = SmallCNN() if self.cfg.source == "synthetic" else None
-        feature_size = cnn.output_size if cnn else self.inputs["train"].size(-1)
+        cnn = SmallCNN() if self.cfg.source == "synthetic" and not opts.blind else None
+        feature_size = SmallCNN.channels if self.cfg.source == "synthetic" else self.inputs["train"].size(-1)
         return Captioner(len(self.vocab), feature_size, opts.emb_size, opts.attention, opts.blind, opts.dropout,
                          self.cfg.backbone, make_backbone, cnn)
 
@@ -244,7 +258,7 @@ class Captioning(Task):
         """Decoder step, attention over the grid and the output layer per word (the image encoder, run once
         per caption, is left out)."""
         b = model.backbone
-        cells = self.inputs["train"].size(1) if self.cfg.source == "real" else 64
+        cells = self.inputs["train"].size(1) if self.cfg.source == "real" else (self.inputs["train"].size(-1) // 4) ** 2
         attention = 0 if model.attention is None else 4 * cells * model.combine.in_features
         head = sum(2 * m.in_features * m.out_features for m in (model.combine, model.out))
         return b.flops_per_step() + attention + head
@@ -257,6 +271,13 @@ class Captioning(Task):
 
     def write_artifacts(self, model: nn.Module, out_dir: Path) -> dict[str, Path]:
         return {**save_captions(self, out_dir), **save_examples(self, model, out_dir)}
+
+
+def _images_key(images: list[Path]) -> str:
+    """What a split's cached features depend on besides the encoder: the images (file name, size in bytes
+    and order) and how they are read (`load_image`'s preprocessing). Not the captions, nor where the cache is."""
+    payload = [PREPROCESS, [(p.name, p.stat().st_size if p.is_file() else None) for p in images]]
+    return hashlib.sha256(json.dumps(payload).encode()).hexdigest()
 
 
 def _checksum(splits: dict[str, Captions], extra: list[str] = ()) -> str:

@@ -39,7 +39,8 @@ if TYPE_CHECKING:
 TINY = ["backbone.hidden_size=16", "backbone.num_layers=1", "options.emb_size=16", "train.batch_size=8",
         "train.eval_batch_size=40", "options.synthetic_images=120", "options.synthetic_eval_images=40",
         "options.reference_units=400", "options.examples=1"]
-REAL = ["options.encoder='resnet18'", "options.image_size=64", "options.min_word_count=1"]
+REAL = ["options.encoder='resnet18'", "options.image_size=64", "options.min_word_count=1",
+        "options.download_weights=False"]
 CPU = torch.device("cpu")
 pytestmark = pytest.mark.usefixtures("cache")
 
@@ -78,8 +79,8 @@ def write_zip(path: Path, members: dict[str, bytes]) -> None:
             z.writestr(name, data)
 
 
-def coco_captions(ids: list[int]) -> bytes:
-    images = [{"id": i, "file_name": f"{i:012d}.jpg"} for i in ids]
+def coco_captions(ids: list[int], uncaptioned: tuple[int, ...] = ()) -> bytes:
+    images = [{"id": i, "file_name": f"{i:012d}.jpg"} for i in [*ids, *uncaptioned]]
     annotations = [{"image_id": i, "id": 10 * i + k, "caption": f"A photo number {i} of a cat{'.' * k}"}
                    for i in ids for k in range(1 + i % 3)]  # one to three references per image
     return json.dumps({"images": images, "annotations": annotations}).encode()
@@ -95,9 +96,9 @@ def coco(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, serve: Callable[[Path]
     (root / "zips").mkdir(parents=True)
     (root / "annotations").mkdir()
     write_zip(root / "annotations/annotations_trainval2017.zip",
-              {"annotations/captions_train2017.json": coco_captions(TRAIN_IDS),
+              {"annotations/captions_train2017.json": coco_captions(TRAIN_IDS, uncaptioned=(11,)),
                "annotations/captions_val2017.json": coco_captions(VAL_IDS)})
-    write_zip(root / "zips/train2017.zip", {f"train2017/{i:012d}.jpg": jpeg(i) for i in TRAIN_IDS})
+    write_zip(root / "zips/train2017.zip", {f"train2017/{i:012d}.jpg": jpeg(i) for i in [*TRAIN_IDS, 11]})
     write_zip(root / "zips/val2017.zip", {f"val2017/{i:012d}.jpg": jpeg(i) for i in VAL_IDS})
     files = {name: RemoteFile(r.relpath, hashlib.md5((root / r.relpath).read_bytes()).hexdigest())
              for name, r in tasks.caption_data.COCO_FILES.items()}
@@ -113,6 +114,8 @@ def test_coco_archives_are_fetched_split_and_turned_into_cached_features(coco: O
     info = task.data_info()
     assert info["images"] == {"train": 10, "valid": 3, "test": 3} and info["encoder"]["encoder"] == "resnet18"
     assert "random init" in info["weights"]  # no ImageNet weights offline, and the record says so
+    assert info["uncaptioned_images_dropped"] == {"train": 1, "valid": 0, "test": 0}
+    assert info["files"] == {r.relpath: r.checksum for r in tasks.caption_data.COCO_FILES.values()}
     assert task.splits["train"].references[1] == ["A photo number 2 of a cat", "A photo number 2 of a cat.",
                                                   "A photo number 2 of a cat.."]
     assert sorted(p.name for p in task.splits["valid"].images + task.splits["test"].images) == \
@@ -125,6 +128,15 @@ def test_coco_archives_are_fetched_split_and_turned_into_cached_features(coco: O
     assert all(n == 1 for n in coco.requests.values()) and len(coco.requests) == 3
     make_task("real", *REAL, "options.image_size=96")
     assert "computing resnet18 features" in capsys.readouterr().err  # another key
+
+
+def test_weights_are_downloaded_when_missing_or_a_random_init_says_why(coco: Origin, tmp_path: Path,
+                                                                     monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch"))  # an empty torch cache
+    info = make_task("real", *REAL[:3]).data_info()  # download_weights defaults to True
+    if info["encoder"]["weights"].startswith("IMAGENET"):  # a machine with internet fetched them
+        return
+    assert "random init" in info["weights"] and "cannot download" in info["weights"]
 
 
 def test_coco_follows_the_karpathy_split_when_its_json_is_present(coco: Origin, cache: Path) -> None:
@@ -164,6 +176,13 @@ def test_a_damaged_image_names_the_file(coco: Origin, tmp_path: Path, cache: Pat
 
 
 # ---------------------------------------------------------------- model, decoding, metrics
+
+
+def test_vocabulary_words_are_the_metrics_tokens() -> None:
+    """The model can only score on words it can emit: "t-shirt" stays one word, as the metrics see it."""
+    assert tasks.caption_data.words("A man in a T-shirt, eating 3.5 hot-dogs.") == \
+        tokenize("A man in a T-shirt, eating 3.5 hot-dogs.").split() == \
+        ["a", "man", "in", "a", "t-shirt", "eating", "3.5", "hot-dogs"]
 
 
 def test_bidirectional_decoders_are_not_applicable() -> None:
