@@ -176,3 +176,18 @@ def file_checksums(dataset: str) -> dict[str, str]:
         if (root / name).is_file():
             sums[name] = file_digest(root / name, "sha256")
     return sums
+
+
+class LazyImages:
+    """A split's images read from their files when indexed, for end-to-end fine-tuning, where features
+    cannot be cached: `images[rows]` (a tensor of rows or a slice) -> (b, 3, size, size)."""
+
+    def __init__(self, paths: list[Path], size: int):
+        self.paths, self.shape = paths, (len(paths), 3, size, size)
+
+    def __getitem__(self, rows: torch.Tensor | slice) -> torch.Tensor:
+        picked = self.paths[rows] if isinstance(rows, slice) else [self.paths[int(i)] for i in rows]
+        return torch.stack([load_image(p, self.shape[-1]) for p in picked])
+
+    def size(self, dim: int) -> int:
+        return self.shape[dim]

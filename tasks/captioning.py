@@ -38,7 +38,7 @@ from suite.registry import register_task
 from tasks import caption_data
 from tasks.base import BackboneFactory, Task
 from tasks.batching import bucket_order
-from tasks.caption_data import Captions, build_vocab, drop_uncaptioned, load_image, words
+from tasks.caption_data import Captions, LazyImages, build_vocab, drop_uncaptioned, load_image, words
 from tasks.caption_metrics import caption_metrics, signatures
 from tasks.caption_report import save_captions, save_examples
 from tasks.captioner import Captioner, SmallCNN, doubly_stochastic_penalty
@@ -75,6 +75,9 @@ class CaptioningOptions:
     encoder: str = "resnet50"
     """Feature CNN of real images (ImageNet weights when in torch's cache, else a seeded random init)."""
     image_size: int = 224
+    finetune_cnn: bool = False
+    """Train the encoder's last residual stage end to end with the decoder (images are then read at every
+    step instead of cached features: far slower)."""
     download_weights: bool = True
     """Fetch the encoder's ImageNet weights when torch's cache lacks them (offline: a seeded random init,
     which the record says)."""
@@ -158,15 +161,23 @@ class Captioning(Task):
         out = caption_data.coco(opts.split_seed) if opts.dataset == "coco" else caption_data.flickr(opts.dataset)
         out, dropped = drop_uncaptioned(out)  # before the feature rows are laid out
         self.checksum = _checksum(out)
-        encoder = GridEncoder(opts.encoder, allow_download=opts.download_weights).to(self.device)
+        encoder = self._encoder()
         self.inputs = {}
         for split, caps in out.items():
+            if opts.finetune_cnn:  # the CNN trains, so its features change: read the images at every step
+                self.inputs[split] = LazyImages(caps.images, opts.image_size)
+                continue
             self.inputs[split] = cached_features(
                 lambda sl, caps=caps: torch.stack([load_image(p, opts.image_size) for p in caps.images[sl]]),
                 len(caps.images), encoder, _images_key(caps.images), opts.image_size)
         self._info = {"dataset": opts.dataset, "encoder": encoder.record, "weights": encoder.weights_description,
                       "uncaptioned_images_dropped": dropped, "files": caption_data.file_checksums(opts.dataset)}
         return out
+
+    def _encoder(self) -> GridEncoder:
+        opts: CaptioningOptions = self.cfg.options
+        return GridEncoder(opts.encoder, trainable_last_block=opts.finetune_cnn,
+                           allow_download=opts.download_weights).to(self.device)
 
     def _pairs(self, caps: Captions) -> tuple[np.ndarray, list[np.ndarray]]:
         """(image row of each (image, reference) pair, its word ids ending in EOS)."""
@@ -185,8 +196,14 @@ class Captioning(Task):
 
     def build(self, make_backbone: BackboneFactory) -> nn.Module:
         opts: CaptioningOptions = self.cfg.options
-        cnn = SmallCNN() if self.cfg.source == "synthetic" and not opts.blind else None
-        feature_size = SmallCNN.channels if self.cfg.source == "synthetic" else self.inputs["train"].size(-1)
+        cnn, feature_size = None, SmallCNN.channels
+        if self.cfg.source == "synthetic":
+            cnn = None if opts.blind else SmallCNN()
+        elif opts.finetune_cnn:
+            cnn = None if opts.blind else self._encoder()  # trained end to end from its ImageNet weights
+            feature_size = cnn.dim if cnn else 1  # a blind model reads no features
+        else:
+            feature_size = self.inputs["train"].size(-1)
         return Captioner(len(self.vocab), feature_size, opts.emb_size, opts.attention, opts.blind, opts.dropout,
                          self.cfg.backbone, make_backbone, cnn)
 
@@ -258,7 +275,9 @@ class Captioning(Task):
         """Decoder step, attention over the grid and the output layer per word (the image encoder, run once
         per caption, is left out)."""
         b = model.backbone
-        cells = self.inputs["train"].size(1) if self.cfg.source == "real" else (self.inputs["train"].size(-1) // 4) ** 2
+        side = self.cfg.options.image_size
+        cells = (self.inputs["train"].size(-1) // 4) ** 2 if self.cfg.source == "synthetic" else (
+            -(-side // 32)) ** 2
         attention = 0 if model.attention is None else 4 * cells * model.combine.in_features
         head = sum(2 * m.in_features * m.out_features for m in (model.combine, model.out))
         return b.flops_per_step() + attention + head

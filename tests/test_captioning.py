@@ -139,6 +139,17 @@ def test_weights_are_downloaded_when_missing_or_a_random_init_says_why(coco: Ori
     assert "random init" in info["weights"] and "cannot download" in info["weights"]
 
 
+def test_the_cnns_last_block_fine_tunes_end_to_end(coco: Origin) -> None:
+    task = make_task("real", *REAL, "options.finetune_cnn=True")
+    model = make_model(task).train()
+    images, tgt_in, tgt_out = next(iter(task.train_batches(0)))
+    assert images.shape[1:] == (3, 64, 64)  # pixels read from the files, not cached features
+    task.loss(model, (images, tgt_in, tgt_out), None)[0].backward()
+    grads = {name.split(".")[1]: p.grad is not None for name, p in model.image.named_parameters()}  # body.<stage>
+    assert grads["layer4"] and not any(v for k, v in grads.items() if k != "layer4")
+    assert set(task.evaluate(model.eval(), "valid")) == set(Captioning.metrics)
+
+
 def test_coco_follows_the_karpathy_split_when_its_json_is_present(coco: Origin, cache: Path) -> None:
     karpathy = {"images": [{"cocoid": i, "filename": f"COCO_x_{i}.jpg", "split": s, "sentences": []}
                            for i, s in [(1, "train"), (2, "restval"), (100, "val"), (101, "test"), (102, "test")]]}
