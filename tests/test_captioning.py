@@ -268,3 +268,16 @@ def test_every_decoder_clearly_beats_the_blind_one(model_name: str, tmp_path: Pa
     test, blind = record["metrics"]["test"], record["reference"]["test"]
     assert record["status"] == "completed" and test["cider"] > 2 * blind["cider"], (test, blind)
     assert test["bleu4"] > blind["bleu4"] + 2 and test["loss"] < blind["loss"], (test, blind)
+
+
+def test_a_dead_server_is_one_line_exit_2_naming_the_file(tmp_path: Path, dead_url: str) -> None:
+    import os
+    import subprocess
+    import sys
+
+    env = {**os.environ, "SUITE_DATA_DIR": str(tmp_path / "cache"), "SUITE_DATA_MIRROR": dead_url}
+    proc = subprocess.run([sys.executable, "-m", "suite.cli", "run", "--task", "captioning", "--model", "lstm",
+                           "--results", str(tmp_path)], capture_output=True, text=True, env=env, timeout=300)
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr, proc.stderr
+    errors = [line for line in proc.stderr.splitlines() if line.startswith("error")]
+    assert len(errors) == 1 and "annotations_trainval2017.zip" in errors[0] and "--source synthetic" in errors[0]
