@@ -2,6 +2,7 @@
 from tasks import (
     captioning,  # noqa: F401
     imdb,  # noqa: F401
+    librispeech,  # noqa: F401
     ptb,  # noqa: F401
     translation,  # noqa: F401
 )

@@ -4,7 +4,7 @@ import sys
 
 import pytest
 import torch
-from tiny import prepared, tiny_config
+from tiny import prepared, task_param, tiny_config
 
 from suite import registry
 from suite.errors import UserError
@@ -34,7 +34,7 @@ def test_applicability_rules_out_bidirectional_on_causal_tasks():
     assert applicable_models(registry.TASKS["ptb"]) == ["rnn", "lstm", "gru", "resrnn"]
 
 
-CASES = [(t, m) for t, tc in registry.TASKS.items() for m in applicable_models(tc)]
+CASES = [task_param(t, m) for t, tc in registry.TASKS.items() for m in applicable_models(tc)]
 
 
 @pytest.mark.parametrize("task_name, model_name", CASES)

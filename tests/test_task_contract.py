@@ -10,7 +10,7 @@ import re
 from pathlib import Path
 
 import pytest
-from tiny import TASK_TINY, prepared, tiny_config
+from tiny import TASK_TINY, prepared, task_param, tiny_config
 
 from suite import experiment
 from suite.compare import compare
@@ -20,7 +20,7 @@ from suite.markdown import render
 from suite.registry import TASKS
 from suite.site import write_site
 
-NEW_TASKS = [t for t in TASKS if t != "ptb"]
+NEW_TASKS = [task_param(t) for t in TASKS if t != "ptb"]
 pytestmark = pytest.mark.usefixtures("cache")
 
 
@@ -100,11 +100,14 @@ def test_leaderboard_and_compare_use_the_tasks_metrics(dense: tuple, tmp_path: P
     assert board["metrics"] == task_cls.metrics and board["primary_metric"] == task_cls.primary_metric
     assert board["reference"]["name"] == task_cls.reference_name
     markdown = render(export, results, tmp_path)
-    assert f"Primary metric: test {task_cls.primary_metric} ↑ (higher is better)" in markdown
+    higher = task_cls.metrics[task_cls.primary_metric]
+    arrow, word = ("↑", "higher") if higher else ("↓", "lower")
+    assert f"Primary metric: test {task_cls.primary_metric} {arrow} ({word} is better)" in markdown
     worse = copy.deepcopy(export)
     row = next(b for b in worse["boards"] if b["task"] == task_name)["rows"][0]
     primary = f"test/{task_cls.primary_metric}"
-    row["stats"][primary] = stat([row["stats"][primary]["mean"] * 0.5 - 1])
+    mean = row["stats"][primary]["mean"]
+    row["stats"][primary] = stat([mean * 0.5 - 1 if higher else mean * 2 + 1])
     statuses = {(line.metric, line.status) for line in compare(export, worse).lines}
     assert (primary, "regressed") in statuses
     assert not any(s == "regressed" for _, s in {(line.metric, line.status) for line in compare(export, export).lines})

@@ -12,6 +12,8 @@ COMMON = ["backbone.hidden_size=16", "backbone.num_layers=1", "options.emb_size=
           "train.eval_batch_size=4"]
 TASK_TINY = {
     "ptb": [*COMMON, "options.bptt=10", "options.synthetic_tokens=20000"],
+    "librispeech": ["backbone.hidden_size=16", "backbone.num_layers=1", "options.synthetic_utterances=16",
+                    "options.synthetic_eval_utterances=6", "train.eval_batch_size=6", "options.batch_seconds=10.0"],
     "imdb": [*COMMON, "options.synthetic_reviews=200"],
     "captioning": [*COMMON, "options.synthetic_images=120", "options.synthetic_eval_images=30",
                    "options.reference_units=400", "options.examples=1", "train.eval_batch_size=30"],
@@ -20,6 +22,19 @@ TASK_TINY = {
 }
 """Tiny overrides per task; the contract test fails for a registered task missing here."""
 TINY = TASK_TINY["ptb"]
+NEEDS_ESPEAK = {"librispeech"}
+"""Tasks whose synthetic source runs espeak-ng (.ci/run installs it; elsewhere their cases skip)."""
+
+
+def task_param(name: str, *values: object):
+    """A pytest parameter for a task's case, skipped with the reason where its synthetic source cannot run."""
+    import shutil
+
+    import pytest
+
+    skip = name in NEEDS_ESPEAK and shutil.which("espeak-ng") is None
+    return pytest.param(name, *values, marks=pytest.mark.skipif(skip, reason="espeak-ng is not installed "
+                                                                               "(apt-get install espeak-ng)"))
 
 
 def tiny_config(model: str = "lstm", *overrides: str, task_name: str = "ptb", **top) -> RunConfig:
