@@ -9,7 +9,8 @@ Sources:
 
 Features: 80-channel log-mel, per-utterance normalised, SpecAugment in training, `options.stack` frames
 stacked into one step. Output symbols: CTC blank, space, apostrophe and A-Z (tasks/speech_text.py).
-Metrics: WER (primary) and CER in percent, after `speech_text.normalize`, with greedy CTC decoding.
+Metrics: WER (primary) and CER in percent, after `speech_text.normalize`, with greedy CTC decoding or
+flashlight's prefix beam search (`options.beam`; no language model yet).
 The unit is a 10 ms frame of audio before stacking, so units/s divided by 100 is audio seconds per second.
 Reference line: the lower WER of always answering the most frequent training transcript or nothing.
 
@@ -35,7 +36,7 @@ from suite.registry import register_task
 from tasks.base import BackboneFactory, Task
 from tasks.ctc_model import CTCModel, ctc_loss
 from tasks.librispeech_data import SUBSETS, LogMel, duration_buckets, load_audio, read_subset, stack_frames, subset_dir
-from tasks.speech_text import CHARS, ctc_greedy, decode_ids, encode, wer_cer
+from tasks.speech_text import CHARS, CTCBeamSearch, ctc_greedy, decode_ids, encode, wer_cer
 from tasks.synthetic_speech import SpeechSource
 
 # paper: 4 BiLSTM layers of 320 units per direction over 3-frame stacks, CTC over characters, on
@@ -59,6 +60,8 @@ class LibriSpeechOptions:
     batch_seconds: float = 120.0
     """Padded audio seconds per training batch (utterances of similar length are batched together)."""
     dropout: float = 0.0
+    beam: int = 1
+    """CTC decoding: 1 is greedy, more is flashlight's lexicon-free prefix beam search of that width."""
     synthetic_utterances: int = 2_000
     synthetic_eval_utterances: int = 200
     synthetic_seed: int = 0
@@ -67,6 +70,8 @@ class LibriSpeechOptions:
         for name in (self.train_subset, self.valid_subset, self.test_subset):
             if name not in SUBSETS:
                 raise UserError(f"unknown LibriSpeech subset {name!r}: choose from {', '.join(SUBSETS)}")
+        if self.beam < 1:
+            raise UserError(f"options.beam must be >= 1, got {self.beam}")
         if self.stack < 1 or self.batch_seconds <= 0 or min(self.synthetic_utterances,
                                                             self.synthetic_eval_utterances) < 1:
             raise UserError("options.stack and synthetic_*utterances must be >= 1, options.batch_seconds > 0")
@@ -117,6 +122,7 @@ class LibriSpeech(Task):
         self.frames = {s: 1 + n // 160 for s, n in self.samples.items()}  # log-mel frames, 10 ms hop
         self.targets = {s: [torch.tensor(encode(t)) for t in ts] for s, ts in self.texts.items()}
         self._eval_features: dict[str, list[torch.Tensor]] = {}
+        self._beam = CTCBeamSearch(self.cfg.options.beam) if self.cfg.options.beam > 1 else None
 
     def _samples(self, split: str, i: int) -> int:
         item = self.audio[split][i]
@@ -168,8 +174,13 @@ class LibriSpeech(Task):
         for start in range(0, len(order), size):
             index = order[start:start + size]
             x, lengths, _, _ = self._collate([feats[i] for i in index], [self.targets[split][i] for i in index])
-            for i, ids in zip(index, ctc_greedy(model(x, lengths).cpu(), lengths)):
-                hyps[i] = decode_ids(ids)
+            log_probs = model(x, lengths)
+            if self.cfg.options.beam > 1:
+                texts = self._beam(log_probs, lengths)
+            else:
+                texts = [decode_ids(ids) for ids in ctc_greedy(log_probs.cpu(), lengths)]
+            for i, text in zip(index, texts):
+                hyps[i] = text
         return hyps
 
     def evaluate(self, model: nn.Module, split: str) -> dict[str, float]:

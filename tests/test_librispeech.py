@@ -138,6 +138,21 @@ def test_greedy_transcription_equals_an_independent_collapse(tmp_path: Path) -> 
             assert hyp == decode_ids(collapsed)
 
 
+def test_beam_search_reads_a_confident_path_like_greedy_and_runs_in_the_task(tmp_path: Path) -> None:
+    from tasks.speech_text import CTCBeamSearch, ctc_greedy, encode
+
+    path = [0, *encode("A CAT"), 0, 0, *encode("SAT")]  # blanks between and after words
+    log_probs = torch.full((1, len(path), len(CHARS)), -20.0)
+    log_probs[0, torch.arange(len(path)), torch.tensor(path)] = 0.0
+    lengths = torch.tensor([len(path)])
+    assert CTCBeamSearch(4)(log_probs, lengths) == ["A CATSAT"] == [decode_ids(ctc_greedy(log_probs, lengths)[0])]
+    for name, n in (("train-clean-100", 2), ("dev-clean", 2), ("test-clean", 1)):
+        write_subset(tmp_path / "copy", name, n)
+    task = make_task("real", f"options.copy_dir='{tmp_path / 'copy'}'", "options.beam=4")
+    model = task.build(lambda n: MODELS["gru"](n, task.cfg.backbone)).eval()
+    assert set(task.evaluate(model, "valid")) == {"wer", "cer"}
+
+
 # ---------------------------------------------------------------- the synthetic source
 
 
