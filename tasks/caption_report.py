@@ -11,6 +11,7 @@ from matplotlib.figure import Figure
 from torch import nn
 
 from suite.decoding import decode
+from suite.results import atomic_write_text
 from tasks.subwords import BOS, EOS
 
 if TYPE_CHECKING:
@@ -23,7 +24,7 @@ def save_captions(task: Captioning, out_dir: Path) -> dict[str, Path]:
     files = {}
     for split, captions in sorted(task.captions.items()):
         files[f"{split}_captions"] = out_dir / f"{split}.captions.txt"
-        files[f"{split}_captions"].write_text("".join(c + "\n" for c in captions), encoding="utf-8")
+        atomic_write_text(files[f"{split}_captions"], "".join(line + "\n" for line in captions))
     return files
 
 

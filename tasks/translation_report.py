@@ -14,6 +14,7 @@ from matplotlib.figure import Figure
 from torch import nn
 
 from suite.decoding import greedy_search
+from suite.results import atomic_write_text
 from tasks.subwords import BOS, EOS
 from tasks.twin import twin_reference
 
@@ -33,7 +34,7 @@ def save_hypotheses(task: Translation, out_dir: Path) -> dict[str, Path]:
     files = {}
     for split, hyps in sorted(task.hypotheses.items()):
         files[f"{split}_hypotheses"] = out_dir / f"{split}.hyp.{task.cfg.options.tgt_lang}"
-        files[f"{split}_hypotheses"].write_text("".join(h + "\n" for h in hyps), encoding="utf-8")
+        atomic_write_text(files[f"{split}_hypotheses"], "".join(line + "\n" for line in hyps))
     return files
 
 

@@ -12,7 +12,6 @@ import copy
 import dataclasses
 import hashlib
 import json
-import os
 import tempfile
 from pathlib import Path
 from typing import Any
@@ -23,6 +22,7 @@ from suite.config import Budget
 from suite.errors import UserError
 from suite.fetch import data_dir
 from suite.registry import MODELS
+from suite.results import atomic_write_text
 from tasks.base import Task
 
 REFERENCE_VERSION = 2
@@ -60,9 +60,7 @@ def twin_reference(task: Task, changes: dict[str, Any], units: int | None, data_
     finally:
         set_rng_state(saved)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp_path = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp_path.write_text(json.dumps(reference))
-    os.replace(tmp_path, path)
+    atomic_write_text(path, json.dumps(reference))
     return reference
 
 
