@@ -20,7 +20,8 @@ from suite.config import build_config
 from suite.experiment import applicable_models
 from suite.registry import MODELS, TASKS
 from suite.runner import seed_everything
-from tasks.speech_text import CTCBeamSearch, ctc_greedy, decode_ids, wer_cer
+from tasks.ctc_beam import CTCBeamSearch
+from tasks.speech_text import ctc_greedy, wer_cer
 
 UNITS = 400_000  # frames per training run: 4,000 s of audio
 
@@ -64,14 +65,15 @@ def decoding() -> dict[str, Any]:
     feats, refs = task._eval_features["valid"], task.texts["valid"]
     audio = float(task.samples["valid"].sum()) / 16_000
     out = {}
-    for name, beam in (("greedy", None), ("beam8", CTCBeamSearch(8)), ("beam32", CTCBeamSearch(32))):
+    searches = {"greedy": None, "beam8": CTCBeamSearch(task.units, 8), "beam32": CTCBeamSearch(task.units, 32)}
+    for name, beam in searches.items():
         start = time.perf_counter()
         hyps = []
         with torch.no_grad():
             for i in range(0, len(feats), 50):
                 x, lengths, _, _ = task._collate(feats[i:i + 50], task.targets["valid"][i:i + 50])
                 log_probs = model(x, lengths)
-                greedy = [decode_ids(ids) for ids in ctc_greedy(log_probs, lengths)] if beam is None else None
+                greedy = [task.units.decode(ids) for ids in ctc_greedy(log_probs, lengths)] if beam is None else None
                 hyps += greedy if beam is None else beam(log_probs, lengths)
         seconds = time.perf_counter() - start
         out[name] = {"rtf": seconds / audio, "wer": wer_cer(hyps, refs)["wer"]}

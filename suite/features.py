@@ -2,7 +2,7 @@
 
 `GridEncoder` cuts a torchvision ResNet before its global pooling, so an image becomes a grid of
 N = h*w feature vectors (resnet50 at 224x224: 7x7 cells of 2048 channels). `cached_features` runs a
-frozen encoder over a whole image set once and keeps the result at `data_dir()/features/<key>.npy`:
+frozen encoder over a whole image set once and keeps the result in suite/array_cache.py's cache:
 float16 by default (resnet50 at 224x224: 49 x 2048 x 2 B = 196 KiB per image), memory-mapped on load.
 A captioning task passes still images; a video task passes frames.
 """
@@ -10,12 +10,9 @@ from __future__ import annotations
 
 import difflib
 import hashlib
-import json
 import math
-import os
 import re
 import sys
-import tempfile
 from collections import OrderedDict
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
@@ -26,8 +23,9 @@ import torch
 import torchvision
 from torch import Tensor, nn
 
+from suite.array_cache import array_key, array_path, cached_array
 from suite.errors import DataError, UserError
-from suite.fetch import data_dir, file_digest
+from suite.fetch import file_digest
 
 ENCODERS = ("resnet18", "resnet34", "resnet50", "resnet101")
 """torchvision models an encoder can wrap; all share the stage names and the stride below."""
@@ -182,7 +180,7 @@ def _tensor_digest(state: dict[str, Tensor]) -> str:
 def feature_key(data_checksum: str, encoder: GridEncoder, image_size: int | tuple[int, int],
                 dtype: torch.dtype = torch.float16) -> str:
     """Cache key: sha256 of everything the stored features depend on; any part changing recomputes."""
-    return hashlib.sha256(json.dumps(_key_parts(data_checksum, encoder, image_size, dtype)).encode()).hexdigest()
+    return array_key(_key_parts(data_checksum, encoder, image_size, dtype))
 
 
 def _key_parts(data_checksum: str, encoder: GridEncoder, image_size: int | tuple[int, int],
@@ -193,7 +191,7 @@ def _key_parts(data_checksum: str, encoder: GridEncoder, image_size: int | tuple
 
 
 def feature_path(key: str) -> Path:
-    return data_dir() / "features" / f"{key}.npy"
+    return array_path(key)
 
 
 def cached_features(images: ImageSource, count: int, encoder: GridEncoder, data_checksum: str,
@@ -211,32 +209,17 @@ def cached_features(images: ImageSource, count: int, encoder: GridEncoder, data_
         raise ValueError("features of an encoder with trainable parameters go stale as it trains: not cached")
     if count < 1:
         raise ValueError(f"count must be positive, got {count}")
-    parts = _key_parts(data_checksum, encoder, image_size, dtype)
-    path = feature_path(feature_key(data_checksum, encoder, image_size, dtype))
     shape = (count, encoder.grid_cells(*_size(image_size)), encoder.dim)
-    if path.is_file():
-        try:
-            return _load(path, shape, dtype)
-        except Exception as err:  # np.load raises ValueError, OSError, EOFError or BadZipFile by the damage
-            print(f"cached features {path} are unreadable ({err}): recomputing", file=sys.stderr)
-    print(f"computing {encoder.name} features of {count} images -> {path}", file=sys.stderr)
-    _compute(_batches(images, count, batch_size), encoder, path, shape, dtype, _size(image_size))
-    _write_json(path.with_suffix(".json"), parts)  # says what the opaque key stands for
-    return _load(path, shape, dtype)
+
+    def fill(out: np.ndarray) -> None:
+        _compute(_batches(images, count, batch_size), encoder, out, dtype, _size(image_size))
+
+    return cached_array(_key_parts(data_checksum, encoder, image_size, dtype), shape, DTYPES[dtype], fill,
+                        f"{encoder.name} features of {count} images")
 
 
 def _size(image_size: int | tuple[int, int]) -> tuple[int, int]:
     return (image_size, image_size) if isinstance(image_size, int) else tuple(image_size)
-
-
-def _load(path: Path, shape: tuple[int, ...], dtype: torch.dtype) -> Tensor:
-    """Memory-map a cache file (copy-on-write: writes stay in memory), checking shape and dtype."""
-    array = np.load(path, mmap_mode="c", allow_pickle=False)
-    if not isinstance(array, np.memmap):  # e.g. a zip file, which np.load opens as an .npz archive
-        raise ValueError("not a .npy file")
-    if array.shape != shape or array.dtype != DTYPES[dtype]:
-        raise ValueError(f"holds {array.dtype} {array.shape}, expected {np.dtype(DTYPES[dtype])} {shape}")
-    return torch.from_numpy(array)
 
 
 def _batches(images: ImageSource, count: int, batch_size: int) -> Iterator[Tensor]:
@@ -247,39 +230,24 @@ def _batches(images: ImageSource, count: int, batch_size: int) -> Iterator[Tenso
         yield from images
 
 
-def _compute(batches: Iterator[Tensor], encoder: GridEncoder, path: Path, shape: tuple[int, ...],
-             dtype: torch.dtype, size: tuple[int, int]) -> None:
-    """Fill a temp file batch by batch (the set never sits in memory whole), then move it into place."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.stem}.", suffix=".part")
-    os.close(fd)
+def _compute(batches: Iterator[Tensor], encoder: GridEncoder, out: np.ndarray, dtype: torch.dtype,
+             size: tuple[int, int]) -> None:
+    """Fill `out` batch by batch (the set never sits in memory whole)."""
     device, was_training, done = next(encoder.parameters()).device, encoder.training, 0
     try:
-        out = np.lib.format.open_memmap(name, mode="w+", dtype=DTYPES[dtype], shape=shape)
         encoder.eval()
         with torch.no_grad():
             for batch in batches:
-                if batch.ndim != 4 or tuple(batch.shape[1:]) != (3, *size) or done + len(batch) > shape[0]:
+                if batch.ndim != 4 or tuple(batch.shape[1:]) != (3, *size) or done + len(batch) > len(out):
                     raise ValueError(f"images {done}.. have shape {tuple(batch.shape)}, expected (b, 3, {size[0]}, "
-                                     f"{size[1]}) and {shape[0]} images in all")
+                                     f"{size[1]}) and {len(out)} images in all")
                 stored = encoder(batch.to(device)).to(dtype)  # (b, N, D)
                 if not torch.isfinite(stored).all():  # e.g. a random-init resnet101 exceeds float16's 65504
                     raise ValueError(f"{encoder.name} features of images {done}.. are not finite in {dtype}: "
                                      "store them as torch.float32")
                 out[done:done + len(batch)] = stored.cpu().numpy()
                 done += len(batch)
-        if done != shape[0]:
-            raise ValueError(f"the image source gave {done} images, expected {shape[0]}")
-        out.flush()
-        del out
-        os.replace(name, path)  # atomic: a killed run never leaves a partial file at `path`
+        if done != len(out):
+            raise ValueError(f"the image source gave {done} images, expected {len(out)}")
     finally:
         encoder.train(was_training)
-        Path(name).unlink(missing_ok=True)
-
-
-def _write_json(path: Path, value: dict) -> None:
-    fd, name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.stem}.", suffix=".part")
-    with os.fdopen(fd, "w") as f:
-        json.dump(value, f, indent=1)
-    os.replace(name, path)

@@ -7,10 +7,12 @@ Sources:
 - synthetic: espeak-ng sentences over a closed vocabulary, several voices, speed and noise perturbation
   (tasks/synthetic_speech.py); `apt-get install espeak-ng` provides the program.
 
-Features: 80-channel log-mel, per-utterance normalised, SpecAugment in training, `options.stack` frames
-stacked into one step. Output symbols: CTC blank, space, apostrophe and A-Z (tasks/speech_text.py).
-Metrics: WER (primary) and CER in percent, after `speech_text.normalize`, with greedy CTC decoding or
-flashlight's prefix beam search (`options.beam`; no language model yet).
+Features: 80-channel log-mel, per-utterance normalised, computed once per split into the shared array cache
+(float16; `options.feature_cache`), SpecAugment in training, `options.stack` frames stacked into one step.
+Output units (`options.units`, tasks/speech_units.py): characters (CTC blank, space, apostrophe, A-Z) or a
+BPE vocabulary of the training transcripts. Metrics: WER (primary) and CER in percent, after
+`speech_text.normalize`, with greedy CTC decoding or flashlight's beam search (`options.beam`), optionally
+over the words of a KenLM ARPA language model the user gives (`options.lm`, tasks/ctc_beam.py).
 The unit is a 10 ms frame of audio before stacking, so units/s divided by 100 is audio seconds per second.
 Reference line: the lower WER of always answering the most frequent training transcript or nothing.
 
@@ -24,6 +26,7 @@ import hashlib
 from collections import Counter
 from collections.abc import Iterator
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -31,12 +34,26 @@ import soundfile
 import torch
 from torch import nn
 
-from suite.errors import UserError
+from suite.array_cache import cached_array
+from suite.errors import DataError, UserError
+from suite.fetch import file_digest
 from suite.registry import register_task
 from tasks.base import BackboneFactory, Task
+from tasks.ctc_beam import CTCBeamSearch
 from tasks.ctc_model import CTCModel, ctc_loss
-from tasks.librispeech_data import SUBSETS, LogMel, duration_buckets, load_audio, read_subset, stack_frames, subset_dir
-from tasks.speech_text import CHARS, CTCBeamSearch, ctc_greedy, decode_ids, encode, wer_cer
+from tasks.librispeech_data import (
+    SUBSETS,
+    LogMel,
+    SpecAugment,
+    audio_fingerprint,
+    duration_buckets,
+    load_audio,
+    read_subset,
+    stack_frames,
+    subset_dir,
+)
+from tasks.speech_text import ctc_greedy, wer_cer
+from tasks.speech_units import UNITS, Characters, WordPieces
 from tasks.synthetic_speech import SpeechSource
 
 # paper: 4 BiLSTM layers of 320 units per direction over 3-frame stacks, CTC over characters, on
@@ -44,6 +61,9 @@ from tasks.synthetic_speech import SpeechSource
 _PAPER = {"backbone.hidden_size": 320, "backbone.num_layers": 4, "backbone.dropout": 0.2,
           "options.batch_seconds": 300.0, "train.eval_batch_size": 32, "train.optimizer": "adam", "train.lr": 1e-3,
           "train.clip": 5.0, "budget.max_epochs": 30}
+
+
+MIN_BPE_VOCAB = 32
 
 
 @dataclass(frozen=True)
@@ -60,8 +80,21 @@ class LibriSpeechOptions:
     batch_seconds: float = 120.0
     """Padded audio seconds per training batch (utterances of similar length are batched together)."""
     dropout: float = 0.0
+    units: str = "chars"
+    """CTC output units: "chars" (blank, space, apostrophe, A-Z) or "bpe" (a BPE vocabulary of the training
+    transcripts, `bpe_vocab` symbols)."""
+    bpe_vocab: int = 256
+    feature_cache: bool = True
+    """Keep each split's log-mel frames in the data cache (float16, keyed by the audio files and the feature
+    settings); off recomputes them from the audio every epoch."""
     beam: int = 1
-    """CTC decoding: 1 is greedy, more is flashlight's lexicon-free prefix beam search of that width."""
+    """CTC decoding: 1 is greedy, more is flashlight's beam search of that width."""
+    lm: str = ""
+    """A KenLM language model (ARPA text) for the beam search; its unigrams are the words it may emit."""
+    lm_weight: float = 2.0
+    """Weight of the LM's log10 probability in a hypothesis score (torchaudio's default)."""
+    word_score: float = 0.0
+    """Score added per emitted word with an LM (negative favours fewer, longer words)."""
     synthetic_utterances: int = 2_000
     synthetic_eval_utterances: int = 200
     synthetic_seed: int = 0
@@ -72,6 +105,13 @@ class LibriSpeechOptions:
                 raise UserError(f"unknown LibriSpeech subset {name!r}: choose from {', '.join(SUBSETS)}")
         if self.beam < 1:
             raise UserError(f"options.beam must be >= 1, got {self.beam}")
+        if self.lm and self.beam == 1:
+            raise UserError("options.lm needs beam search: set options.beam to 2 or more (e.g. 32)")
+        if self.units not in UNITS:
+            raise UserError(f"unknown options.units {self.units!r}: choose from {', '.join(UNITS)}")
+        if self.bpe_vocab < MIN_BPE_VOCAB:
+            raise UserError(f"options.bpe_vocab must be >= {MIN_BPE_VOCAB} (specials, letters, apostrophe and "
+                            f"the word mark), got {self.bpe_vocab}")
         if self.stack < 1 or self.batch_seconds <= 0 or min(self.synthetic_utterances,
                                                             self.synthetic_eval_utterances) < 1:
             raise UserError("options.stack and synthetic_*utterances must be >= 1, options.batch_seconds > 0")
@@ -79,7 +119,7 @@ class LibriSpeechOptions:
 
 @register_task("librispeech")
 class LibriSpeech(Task):
-    version = 1
+    version = 2  # 2: cached float16 features, output units and LM options
     causal = False  # recognition reads the whole utterance; unidirectional models are the streaming option
     unit = "frames"
     metrics = {"wer": False, "cer": False}
@@ -100,29 +140,54 @@ class LibriSpeech(Task):
 
     def prepare(self) -> None:
         opts: LibriSpeechOptions = self.cfg.options
-        self.logmel = LogMel()
+        self._lm = self._language_model(opts.lm)  # before any download: a typo should not cost one
+        self.logmel, self.augment = LogMel(), SpecAugment()
         if self.cfg.source == "synthetic":
-            source = SpeechSource(seed=opts.synthetic_seed)
-            sizes = {"train": opts.synthetic_utterances, "valid": opts.synthetic_eval_utterances,
-                     "test": opts.synthetic_eval_utterances}
-            self.audio, self.texts = {}, {}
-            for stream, (split, n) in enumerate(sizes.items()):
-                waves, self.texts[split] = source.sample(n, stream)
-                self.audio[split] = [torch.from_numpy(w) for w in waves]
-            self._info = {"generator": {"name": "SpeechSource", **{k: v for k, v in vars(source).items()}}}
+            self._prepare_synthetic(opts)
         else:
             names = {"train": opts.train_subset, "valid": opts.valid_subset, "test": opts.test_subset}
             copy = opts.copy_dir or None
             utts = {s: read_subset(subset_dir(n, copy)) for s, n in names.items()}
             self.audio = {s: [u.path for u in us] for s, us in utts.items()}  # read when batched
             self.texts = {s: [u.transcript for u in us] for s, us in utts.items()}
+            self._audio_keys = {s: audio_fingerprint(paths) for s, paths in self.audio.items()}
             self._info = {"subsets": names, "files": {n: SUBSETS[n].checksum for n in names.values()},
                           "copy_dir": opts.copy_dir or None}
         self.samples = {s: np.array([self._samples(s, i) for i in range(len(a))]) for s, a in self.audio.items()}
         self.frames = {s: 1 + n // 160 for s, n in self.samples.items()}  # log-mel frames, 10 ms hop
-        self.targets = {s: [torch.tensor(encode(t)) for t in ts] for s, ts in self.texts.items()}
+        self.units = WordPieces.train(self.texts["train"], opts.bpe_vocab, self._digest(["train"])) \
+            if opts.units == "bpe" else Characters()
+        self.targets = {s: [torch.tensor(self.units.encode(t)) for t in ts] for s, ts in self.texts.items()}
+        self._cached: dict[str, tuple[torch.Tensor, np.ndarray]] = {}
+        if opts.feature_cache:  # here rather than on first use, so training time never includes it
+            for split in self.audio:
+                self._split_features(split)
         self._eval_features: dict[str, list[torch.Tensor]] = {}
-        self._beam = CTCBeamSearch(self.cfg.options.beam) if self.cfg.options.beam > 1 else None
+        lm_path = self._lm[0] if self._lm else None
+        self._beam = CTCBeamSearch(self.units, opts.beam, lm_path, opts.lm_weight, opts.word_score) \
+            if opts.beam > 1 else None
+
+    def _prepare_synthetic(self, opts: LibriSpeechOptions) -> None:
+        source = SpeechSource(seed=opts.synthetic_seed)
+        sizes = {"train": opts.synthetic_utterances, "valid": opts.synthetic_eval_utterances,
+                 "test": opts.synthetic_eval_utterances}
+        self.audio, self.texts, self._audio_keys = {}, {}, {}
+        for stream, (split, n) in enumerate(sizes.items()):
+            waves, self.texts[split] = source.sample(n, stream)
+            self.audio[split] = [torch.from_numpy(w) for w in waves]
+            self._audio_keys[split] = source.cache_key(n, stream)
+        self._info = {"generator": {"name": "SpeechSource", **{k: v for k, v in vars(source).items()}}}
+
+    @staticmethod
+    def _language_model(name: str) -> tuple[Path, str] | None:
+        """(path, sha256) of the user's ARPA file, so a record names the exact LM its WER was decoded with."""
+        if not name:
+            return None
+        path = Path(name).expanduser()
+        if not path.is_file():
+            raise DataError(f"options.lm: {path} does not exist: give the path of an ARPA language model "
+                            "or leave options.lm empty")
+        return path, file_digest(path, "sha256")
 
     def _samples(self, split: str, i: int) -> int:
         item = self.audio[split][i]
@@ -130,19 +195,49 @@ class LibriSpeech(Task):
             return item.numel()
         return soundfile.info(str(item)).frames
 
-    def _features(self, split: str, i: int, train: bool) -> torch.Tensor:
+    def _wave(self, split: str, i: int) -> torch.Tensor:
         item = self.audio[split][i]
-        wave = item if isinstance(item, torch.Tensor) else load_audio(item)
-        return stack_frames(self.logmel(wave, train=train), self.cfg.options.stack)  # (T / stack, 80 * stack)
+        return item if isinstance(item, torch.Tensor) else load_audio(item)
+
+    def _features(self, split: str, i: int, augment: bool) -> torch.Tensor:
+        """Stacked features (T / stack, 80 * stack) of utterance i; SpecAugment when `augment`."""
+        if self.cfg.options.feature_cache:
+            frames, offsets = self._split_features(split)
+            x = frames[offsets[i]:offsets[i + 1]].float()  # (T, 80)
+        else:
+            x = self.logmel(self._wave(split, i))
+        return stack_frames(self.augment(x) if augment else x, self.cfg.options.stack)
+
+    def _split_features(self, split: str) -> tuple[torch.Tensor, np.ndarray]:
+        """A split's log-mel frames, all utterances end to end (float16, memory-mapped), and each one's
+        start row: computed once per audio set and feature setting, then read from the array cache."""
+        if split not in self._cached:
+            offsets = np.concatenate([[0], np.cumsum(self.frames[split])])
+            parts = {"kind": "librispeech log-mel", "format": 1, "audio": self._audio_keys[split],
+                     **self.logmel.record, "dtype": "float16"}
+
+            def fill(out: np.ndarray) -> None:
+                for i in range(len(offsets) - 1):
+                    out[offsets[i]:offsets[i + 1]] = self.logmel(self._wave(split, i)).numpy()
+
+            frames = cached_array(parts, (int(offsets[-1]), self.logmel.record["n_mels"]), np.float16, fill,
+                                  f"log-mel frames of {len(offsets) - 1} {split} utterances")
+            self._cached[split] = frames, offsets
+        return self._cached[split]
+
+    def _digest(self, splits: list[str]) -> str:
+        return hashlib.sha256("\n".join(t for s in splits for t in self.texts[s]).encode()).hexdigest()
 
     def data_info(self) -> dict[str, Any]:
-        digest = hashlib.sha256("\n".join(t for s in ("train", "valid", "test") for t in self.texts[s]).encode())
+        lm = self._lm and {"file": str(self._lm[0]), "sha256": self._lm[1]}
         return {"source": self.cfg.source, **self._info, "utterances": {s: len(t) for s, t in self.texts.items()},
                 "audio_seconds": {s: float(n.sum()) / 16_000 for s, n in self.samples.items()},
-                "transcripts_sha256": digest.hexdigest(), "symbols": len(CHARS)}
+                "transcripts_sha256": self._digest(["train", "valid", "test"]),
+                "units": self.units.name, "symbols": self.units.size, "features": self.logmel.record,
+                "language_model": lm}
 
     def build(self, make_backbone: BackboneFactory) -> nn.Module:
-        return CTCModel(80 * self.cfg.options.stack, len(CHARS), self.cfg.options.dropout, make_backbone)
+        return CTCModel(80 * self.cfg.options.stack, self.units.size, self.cfg.options.dropout, make_backbone)
 
     def units_per_epoch(self) -> int:
         return int(self.frames["train"].sum())
@@ -178,7 +273,7 @@ class LibriSpeech(Task):
             if self.cfg.options.beam > 1:
                 texts = self._beam(log_probs, lengths)
             else:
-                texts = [decode_ids(ids) for ids in ctc_greedy(log_probs.cpu(), lengths)]
+                texts = [self.units.decode(ids) for ids in ctc_greedy(log_probs.cpu(), lengths)]
             for i, text in zip(index, texts):
                 hyps[i] = text
         return hyps

@@ -10,6 +10,7 @@ channel normalised per utterance, optional frame stacking (e.g. 3x, to 30 ms ste
 """
 from __future__ import annotations
 
+import hashlib
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -106,6 +107,16 @@ def _fix(root: Path) -> str:
     return f"repair the copy at {root} or use --source synthetic"
 
 
+def audio_fingerprint(paths: list[Path]) -> str:
+    """sha256 over each file's name, size and modification time: names a set of audio files for the feature
+    cache without reading them (hashing 100 hours of FLAC would take longer than computing the features)."""
+    digest = hashlib.sha256()
+    for path in paths:
+        stat = path.stat()
+        digest.update(f"{path.resolve()}\t{stat.st_size}\t{stat.st_mtime_ns}\n".encode())
+    return digest.hexdigest()
+
+
 def load_audio(path: Path) -> Tensor:
     """Samples of a 16 kHz FLAC as a float32 tensor in [-1, 1]; shape (samples,)."""
     try:
@@ -121,24 +132,34 @@ def load_audio(path: Path) -> Tensor:
 class LogMel(nn.Module):
     """Waveform (samples,) -> per-utterance normalised 80-channel log-mel frames (1 + samples // 160, 80)."""
 
-    def __init__(self, n_mels: int = 80, freq_masks: int = 2, freq_width: int = 27,
-                 time_masks: int = 2, time_width: int = 100, floor: float = 1e-6) -> None:
+    def __init__(self, n_mels: int = 80, floor: float = 1e-6) -> None:
         super().__init__()
         self.mel = MelSpectrogram(sample_rate=SAMPLE_RATE, n_fft=400, win_length=400, hop_length=160, n_mels=n_mels)
-        self.masks = nn.ModuleList([FrequencyMasking(freq_width) for _ in range(freq_masks)]
-                                   + [TimeMasking(time_width) for _ in range(time_masks)])
         self.floor = floor  # log(0) on digital silence would give -inf
+        self.record = {"n_mels": n_mels, "n_fft": 400, "hop": 160, "floor": floor, "normalise": "per-utterance"}
+        """What the features depend on: part of the feature cache key."""
 
-    def forward(self, wave: Tensor, train: bool = False) -> Tensor:
-        """Features of one utterance; SpecAugment (drawn from torch's RNG) only when `train`."""
+    def forward(self, wave: Tensor) -> Tensor:
         x = self.mel(wave).clamp_min(self.floor).log()  # (F, T)
         mean = x.mean(dim=1, keepdim=True)
         std = x.std(dim=1, keepdim=True, correction=0)  # correction=0: defined for a single frame too
-        x = (x - mean) / (std + 1e-5)
-        if train:
-            for mask in self.masks:
-                x = mask(x)  # masks fill with 0, which after normalisation is the channel mean
-        return x.T  # (T, F)
+        return ((x - mean) / (std + 1e-5)).T  # (T, F)
+
+
+class SpecAugment(nn.Module):
+    """Frequency and time masks on normalised features (T, F), drawn from torch's RNG: training only.
+    The masks fill with 0, which after per-utterance normalisation is the channel mean."""
+
+    def __init__(self, freq_masks: int = 2, freq_width: int = 27, time_masks: int = 2, time_width: int = 100) -> None:
+        super().__init__()
+        self.masks = nn.ModuleList([FrequencyMasking(freq_width) for _ in range(freq_masks)]
+                                   + [TimeMasking(time_width) for _ in range(time_masks)])
+
+    def forward(self, features: Tensor) -> Tensor:
+        x = features.T  # (F, T), the layout torchaudio's masks expect
+        for mask in self.masks:
+            x = mask(x)
+        return x.T
 
 
 def stack_frames(x: Tensor, factor: int) -> Tensor:

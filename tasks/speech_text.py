@@ -76,20 +76,3 @@ def wer_cer(hypotheses: list[str], references: list[str]) -> dict[str, float]:
     return {"wer": 100.0 * jiwer.process_words(refs, hyps).wer,
             "cer": 100.0 * jiwer.process_characters(refs, hyps).cer}
 
-
-class CTCBeamSearch:
-    """Lexicon-free CTC prefix beam search from torchaudio's flashlight-text decoder (no language model):
-    `(log_probs (B, T, C) float, lengths (B,)) -> transcripts`. Flashlight names the blank "-" and the word
-    boundary "|", so CHARS are renamed for it; its silence marks come back as spaces."""
-
-    def __init__(self, beam: int):
-        from torchaudio.models.decoder import ctc_decoder  # needs flashlight-text
-
-        tokens = ["-", "|", *CHARS[2:]]  # <blank> -> "-", space -> "|"
-        self.decoder = ctc_decoder(lexicon=None, tokens=tokens, lm=None, beam_size=beam, blank_token="-",
-                                   sil_token="|", unk_word="<unk>")
-
-    def __call__(self, log_probs: Tensor, lengths: Tensor) -> list[str]:
-        found = self.decoder(log_probs.detach().float().cpu().contiguous(), lengths.cpu().int())
-        texts = ["".join(self.decoder.idxs_to_tokens(hyps[0].tokens)) if hyps else "" for hyps in found]
-        return [normalize(t.replace("|", " ")) for t in texts]

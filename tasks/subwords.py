@@ -18,24 +18,27 @@ SPECIALS = ("<pad>", "<unk>", "<s>", "</s>")
 PAD, UNK, BOS, EOS = range(4)  # ids of SPECIALS: the trainer adds them first, in this order
 
 
-def train_bpe(lines: list[str], vocab_size: int) -> Tokenizer:
+def train_bpe(lines: list[str], vocab_size: int, alphabet: tuple[str, ...] = ()) -> Tokenizer:
+    """BPE of `lines`; every character of `alphabet` is a token even if `lines` never use it."""
     tok = Tokenizer(models.BPE(unk_token="<unk>"))
     tok.pre_tokenizer = pre_tokenizers.Metaspace()
     tok.decoder = decoders.Metaspace()
-    trainer = trainers.BpeTrainer(vocab_size=vocab_size, special_tokens=list(SPECIALS), show_progress=False)
+    trainer = trainers.BpeTrainer(vocab_size=vocab_size, special_tokens=list(SPECIALS), show_progress=False,
+                                  initial_alphabet=list(alphabet))
     tok.train_from_iterator(lines, trainer=trainer)
     return tok
 
 
-def cached_bpe(lines: list[str], vocab_size: int, key: str) -> Tokenizer:
-    """The BPE model of `lines` from the cache, trained and stored on first use."""
+def cached_bpe(lines: list[str], vocab_size: int, key: str, alphabet: tuple[str, ...] = ()) -> Tokenizer:
+    """The BPE model of `lines` from the cache, trained and stored on first use (`key` must identify
+    the lines and every setting, `alphabet` included)."""
     path = data_dir() / "bpe" / f"{hashlib.sha256(key.encode()).hexdigest()[:20]}.json"
     if path.is_file():
         try:
             return Tokenizer.from_file(str(path))
         except Exception as exc:  # tokenizers raises its own exception types for a damaged file
             print(f"cached BPE model {path} is unreadable ({exc}): training it again", file=sys.stderr)
-    tok = train_bpe(lines, vocab_size)
+    tok = train_bpe(lines, vocab_size, alphabet)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     tok.save(str(tmp))

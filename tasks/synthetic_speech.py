@@ -119,9 +119,13 @@ class SpeechSource:
         rng = random.Random(f"{self.seed}/{stream}/text")  # str seeds hash deterministically across runs
         return [" ".join(_sentence(rng, rng.randint(self.min_words, self.max_words))) for _ in range(n)]
 
-    def _cache_path(self, n: int, stream: int) -> Path:
+    def cache_key(self, n: int, stream: int) -> str:
+        """Identifies `sample(n, stream)`'s output exactly: the settings, the format and espeak-ng's version."""
         key = json.dumps([FORMAT, asdict(self), stream, n, espeak_version()], sort_keys=True)
-        return data_dir() / "synthetic_speech" / f"{hashlib.sha256(key.encode()).hexdigest()[:20]}.npz"
+        return hashlib.sha256(key.encode()).hexdigest()[:20]
+
+    def _cache_path(self, n: int, stream: int) -> Path:
+        return data_dir() / "synthetic_speech" / f"{self.cache_key(n, stream)}.npz"
 
     def _generate(self, n: int, stream: int) -> tuple[list[np.ndarray], list[str]]:
         texts = self.sentences(n, stream)

@@ -184,7 +184,7 @@ def test_damaged_cache_file_is_recomputed(damage: str, capsys: pytest.CaptureFix
     capsys.readouterr()
     again = features(encoder, data)
     assert len(calls) == 6 and torch.equal(first, again)
-    assert f"cached features {path} are unreadable" in capsys.readouterr().err
+    assert f"features of 5 images {path} are unreadable" in capsys.readouterr().err
 
 
 def test_failed_run_leaves_no_file() -> None:

@@ -7,6 +7,7 @@ LibriSpeech benchmark.
 """
 from __future__ import annotations
 
+import hashlib
 import shutil
 import tarfile
 from collections.abc import Callable
@@ -83,8 +84,9 @@ def test_an_existing_copy_is_read_and_trains(tmp_path: Path) -> None:
     assert set(metrics) == {"wer", "cer"}
 
 
-def test_the_download_path_checks_extracts_and_reads(tmp_path: Path, serve: Callable[[Path], Origin],
-                                                     monkeypatch: pytest.MonkeyPatch) -> None:
+@pytest.fixture
+def librispeech_origin(tmp_path: Path, serve: Callable[[Path], Origin], monkeypatch: pytest.MonkeyPatch) -> Origin:
+    """A loopback server holding train-clean-100, dev-clean and test-clean archives in the official layout."""
     origin_dir = tmp_path / "origin"
     origin_dir.mkdir()
     subsets = {}
@@ -97,10 +99,47 @@ def test_the_download_path_checks_extracts_and_reads(tmp_path: Path, serve: Call
     monkeypatch.setattr("tasks.librispeech.SUBSETS", {**tasks.librispeech_data.SUBSETS, **subsets})
     origin = serve(origin_dir)
     monkeypatch.setattr(tasks.librispeech_data, "ORIGIN", origin.url)
+    return origin
+
+
+def test_the_download_path_checks_extracts_and_reads(librispeech_origin: Origin) -> None:
     task = make_task("real")
     assert task.data_info()["utterances"] == {"train": 4, "valid": 2, "test": 2}
     assert task.texts["valid"] == ["A CAT SAT", "HELLO WORLD"]
-    assert all(n == 1 for n in origin.requests.values()) and len(origin.requests) == 3
+    requests = librispeech_origin.requests
+    assert all(n == 1 for n in requests.values()) and len(requests) == 3
+    make_task("real")
+    assert sum(requests.values()) == 3  # then the cache
+
+
+def test_a_truncated_download_is_fetched_once_more(librispeech_origin: Origin) -> None:
+    librispeech_origin.damage["dev-clean.tar.gz"] = 1
+    assert make_task("real").texts["valid"] == ["A CAT SAT", "HELLO WORLD"]
+    assert librispeech_origin.requests["dev-clean.tar.gz"] == 2
+
+
+def test_a_corrupt_archive_names_the_file_and_both_checksums(librispeech_origin: Origin) -> None:
+    librispeech_origin.damage["dev-clean.tar.gz"] = 2
+    expected = tasks.librispeech_data.SUBSETS["dev-clean"].checksum
+    with pytest.raises(DataError, match=f"dev-clean.tar.gz downloaded from .* fails its checksum twice: "
+                                        f"expected md5 {expected}"):
+        make_task("real")
+
+
+def test_a_malformed_archive_with_the_right_checksum_is_refused(librispeech_origin: Origin,
+                                                               monkeypatch: pytest.MonkeyPatch) -> None:
+    path = librispeech_origin.root / "dev-clean.tar.gz"
+    path.write_bytes(b"\x1f\x8b not really gzip")
+    subsets = {**tasks.librispeech_data.SUBSETS, "dev-clean": RemoteFile("dev-clean.tar.gz", md5sum(path))}
+    monkeypatch.setattr(tasks.librispeech_data, "SUBSETS", subsets)
+    with pytest.raises(DataError, match="dev-clean.tar.gz"):
+        make_task("real")
+
+
+def test_a_dead_server_names_the_mirror_fix(dead_url: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(tasks.librispeech_data, "ORIGIN", dead_url)
+    with pytest.raises(DataError, match=r"train-clean-100.tar.gz.*SUITE_DATA_MIRROR"):
+        make_task("real")
 
 
 def test_unknown_subsets_are_refused_with_the_choices() -> None:
@@ -139,18 +178,99 @@ def test_greedy_transcription_equals_an_independent_collapse(tmp_path: Path) -> 
 
 
 def test_beam_search_reads_a_confident_path_like_greedy_and_runs_in_the_task(tmp_path: Path) -> None:
-    from tasks.speech_text import CTCBeamSearch, ctc_greedy, encode
+    from tasks.ctc_beam import CTCBeamSearch
+    from tasks.speech_text import ctc_greedy, encode
+    from tasks.speech_units import Characters
 
     path = [0, *encode("A CAT"), 0, 0, *encode("SAT")]  # blanks between and after words
     log_probs = torch.full((1, len(path), len(CHARS)), -20.0)
     log_probs[0, torch.arange(len(path)), torch.tensor(path)] = 0.0
     lengths = torch.tensor([len(path)])
-    assert CTCBeamSearch(4)(log_probs, lengths) == ["A CATSAT"] == [decode_ids(ctc_greedy(log_probs, lengths)[0])]
+    greedy = [decode_ids(ctc_greedy(log_probs, lengths)[0])]
+    assert CTCBeamSearch(Characters(), 4)(log_probs, lengths) == ["A CATSAT"] == greedy
     for name, n in (("train-clean-100", 2), ("dev-clean", 2), ("test-clean", 1)):
         write_subset(tmp_path / "copy", name, n)
     task = make_task("real", f"options.copy_dir='{tmp_path / 'copy'}'", "options.beam=4")
     model = task.build(lambda n: MODELS["gru"](n, task.cfg.backbone)).eval()
     assert set(task.evaluate(model, "valid")) == {"wer", "cer"}
+
+
+def write_copy(root: Path, sizes: tuple[int, int, int] = (4, 2, 2)) -> str:
+    """An existing copy holding train-clean-100, dev-clean and test-clean; returns its option override."""
+    for name, n in zip(("train-clean-100", "dev-clean", "test-clean"), sizes):
+        write_subset(root, name, n)
+    return f"options.copy_dir='{root}'"
+
+
+def test_cached_features_equal_fresh_ones_and_are_computed_once(tmp_path: Path,
+                                                                capsys: pytest.CaptureFixture) -> None:
+    copy = write_copy(tmp_path / "copy")
+    fresh = make_task("real", copy, "options.feature_cache=False")
+    cached = make_task("real", copy)
+    for i in range(len(fresh.texts["train"])):
+        want = fresh._features("train", i, False)
+        got = cached._features("train", i, False)
+        assert got.shape == want.shape and got.dtype == torch.float32
+        assert torch.allclose(got, want, rtol=1e-3, atol=4e-3)  # float16 storage: ~3 significant digits
+    assert "computing log-mel frames of 4 train utterances" in capsys.readouterr().err
+    again = make_task("real", copy, "options.stack=2")  # stacking happens after the cache: same frames
+    assert torch.equal(again._split_features("train")[0], cached._split_features("train")[0])
+    assert "computing" not in capsys.readouterr().err
+    flac = sorted((tmp_path / "copy").rglob("train-clean-100/**/*.flac"))[0]
+    soundfile.write(flac, np.zeros(12000), 16000)  # new audio under the same name: recomputed
+    changed, want = make_task("real", copy), make_task("real", copy, "options.feature_cache=False")
+    assert torch.allclose(changed._features("train", 0, False), want._features("train", 0, False), atol=4e-3)
+    assert changed._features("train", 0, False).shape[0] != cached._features("train", 0, False).shape[0]
+    assert "computing log-mel frames of 4 train utterances" in capsys.readouterr().err
+
+
+def test_spec_augment_masks_cached_training_features_only(tmp_path: Path) -> None:
+    task = make_task("real", write_copy(tmp_path / "copy"), "options.stack=1")
+    torch.manual_seed(0)
+    masked = [task._features("train", i, True) for i in range(4)]
+    plain = [task._features("train", i, False) for i in range(4)]
+    assert any(not torch.equal(m, p) for m, p in zip(masked, plain))
+    assert all(((m == p) | (m == 0)).all() for m, p in zip(masked, plain))  # masks only zero cells
+
+
+def test_bpe_units_encode_the_transcripts_and_train(tmp_path: Path) -> None:
+    task = make_task("real", write_copy(tmp_path / "copy"), "options.units='bpe'", "options.bpe_vocab=40")
+    assert task.data_info()["units"] == "bpe" and task.data_info()["symbols"] == task.units.size <= 40
+    assert [task.units.decode(t.tolist()) for t in task.targets["train"]] == task.texts["train"]
+    assert len(task.targets["train"][0]) < len(task.texts["train"][0])  # pieces are longer than characters
+    model = task.build(lambda n: MODELS["gru"](n, task.cfg.backbone))
+    assert model.head.out_features == task.units.size
+    loss, _, _ = task.loss(model, next(task.train_batches(0)), None)
+    assert torch.isfinite(loss)
+    assert set(task.evaluate(model.eval(), "valid")) == {"wer", "cer"}
+
+
+def test_a_language_model_restricts_the_words_and_is_named_in_the_record(tmp_path: Path) -> None:
+    lm = tmp_path / "words.arpa"
+    words = ["HELLO", "WORLD", "A", "CAT", "SAT"]
+    unigrams = [f"-0.7\t{w}\t0.0" for w in ["<s>", "</s>", *words]]
+    bigrams = "\n\\2-grams:\n-0.1\tA CAT\n"  # KenLM loads bigram models and up
+    lm.write_text("\\data\\\nngram 1=7\nngram 2=1\n\n\\1-grams:\n" + "\n".join(unigrams) + "\n" + bigrams
+                  + "\n\\end\\\n")
+    task = make_task("real", write_copy(tmp_path / "copy"), "options.beam=4", f"options.lm='{lm}'")
+    digest = hashlib.sha256(lm.read_bytes()).hexdigest()
+    assert task.data_info()["language_model"] == {"file": str(lm), "sha256": digest}
+    torch.manual_seed(0)
+    model = task.build(lambda n: MODELS["gru"](n, task.cfg.backbone)).eval()
+    with torch.no_grad():
+        model.head.bias.copy_(torch.randn(len(CHARS)) * 3)  # varied symbols: random letters without the LM
+    hyps = task.transcribe(model, "valid")
+    assert all(set(h.split()) <= set(words) for h in hyps)
+    assert set(task.evaluate(model, "test")) == {"wer", "cer"}
+
+
+def test_language_model_options_are_checked(tmp_path: Path) -> None:
+    with pytest.raises(UserError, match="options.lm needs beam search: set options.beam"):
+        config("real", "options.lm='x.arpa'")
+    with pytest.raises(DataError, match=r"options.lm: .*nope.arpa does not exist: give the path of an ARPA"):
+        make_task("real", write_copy(tmp_path / "copy"), "options.beam=4", f"options.lm='{tmp_path / 'nope.arpa'}'")
+    with pytest.raises(UserError, match="unknown options.units 'words': choose from chars, bpe"):
+        config("real", "options.units='words'")
 
 
 # ---------------------------------------------------------------- the synthetic source

@@ -14,7 +14,15 @@ import torch
 from suite.errors import DataError
 from suite.fetch import RemoteFile
 from tasks import librispeech_data as ls
-from tasks.librispeech_data import LogMel, duration_buckets, load_audio, read_subset, stack_frames, subset_dir
+from tasks.librispeech_data import (
+    LogMel,
+    SpecAugment,
+    duration_buckets,
+    load_audio,
+    read_subset,
+    stack_frames,
+    subset_dir,
+)
 
 RATE = 16_000
 # (speaker, chapter) -> {utterance number: (seconds, transcript)}
@@ -127,18 +135,21 @@ def test_stack_frames() -> None:
     assert torch.equal(stack_frames(x, 1), x)
 
 
-def test_spec_augment_only_in_training_and_seeded() -> None:
+def test_spec_augment_masks_whole_bands_and_is_seeded() -> None:
     wave = torch.randn(3 * RATE, generator=torch.Generator().manual_seed(1))
-    logmel = LogMel()
-    plain = logmel(wave)
-    assert torch.equal(logmel(wave, train=False), plain)
+    plain, augment = LogMel()(wave), SpecAugment()
     torch.manual_seed(7)
-    first = logmel(wave, train=True)
+    first = augment(plain)
     torch.manual_seed(7)
-    again = logmel(wave, train=True)
+    again = augment(plain)
     assert torch.equal(first, again)
-    assert not torch.equal(first, plain)
     assert first.shape == plain.shape
+    masked = first != plain
+    assert (first[masked] == 0).all()  # masked cells hold the channel mean
+    # whole bands of channels and runs of frames: a masked cell's row or column is masked throughout
+    rows, cols = masked.all(dim=1), masked.all(dim=0)
+    assert rows.any() and cols.any()
+    assert torch.equal(masked, rows[:, None] | cols[None, :])
 
 
 def padding_waste(batches: list[np.ndarray], durations: np.ndarray) -> float:
