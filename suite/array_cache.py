@@ -27,6 +27,16 @@ def array_key(parts: dict) -> str:
     return hashlib.sha256(json.dumps(parts, sort_keys=True).encode()).hexdigest()
 
 
+def file_fingerprint(paths: list[Path]) -> str:
+    """sha256 over each file's resolved path, size and modification time, in order: names a set of large
+    files (audio, video) in a cache key without reading them, which would take longer than the features."""
+    digest = hashlib.sha256()
+    for path in paths:
+        stat = path.stat()
+        digest.update(f"{path.resolve()}\t{stat.st_size}\t{stat.st_mtime_ns}\n".encode())
+    return digest.hexdigest()
+
+
 def array_path(key: str) -> Path:
     return data_dir() / "features" / f"{key}.npy"
 

@@ -138,7 +138,7 @@ def _index(export: dict[str, Any], side: str) -> tuple[dict[tuple, dict[str, Any
     for board in export["boards"]:
         for row in board["rows"]:
             key = (board["task"], row["model"], row["variant"], board["precision"], board["budget"],
-                   board["source"], row["device_class"])
+                   board["source"], board.get("dataset", ""), row["device_class"])  # older exports lack dataset
             seen = rows.get(key)
             if seen is None:
                 rows[key] = {"metrics": board["metrics"], "stats": row["stats"], "env": row["environment"],
@@ -161,8 +161,9 @@ def _unfinished(row: dict[str, Any]) -> int:
 
 
 def _label(key: tuple) -> str:
-    task, model, variant, precision, budget, source, device = key
-    return f"{task}/{source}/{budget}/{precision} {model}:{variant} {device}"
+    task, model, variant, precision, budget, source, dataset, device = key
+    where = f"{source}:{dataset}" if dataset else source
+    return f"{task}/{where}/{budget}/{precision} {model}:{variant} {device}"
 
 
 def _metric_plan(base: dict[str, Any], new: dict[str, Any]) -> list[tuple[str, str, bool]]:

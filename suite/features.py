@@ -123,14 +123,15 @@ def _read_weights(path: Path, weights: torchvision.models.WeightsEnum) -> Weight
 
 
 class GridEncoder(nn.Module):
-    """A ResNet without its pooling and classifier: images (B, 3, H, W) in [0, 1] -> grid (B, N, D).
+    """A ResNet without its pooling and classifier: images (B, 3, H, W) in [0, 1] -> grid (B, N, D), or with
+    `pooled` its global average: (B, 1, D), one vector per image (video frames; 49x less to cache).
 
     Every parameter is frozen unless `trainable_last_block`, which leaves `layer4` trainable. Frozen
     stages stay in eval mode even under `.train()`: their BatchNorm statistics belong to the weights.
     """
 
     def __init__(self, name: str = "resnet50", *, trainable_last_block: bool = False,
-                 allow_download: bool = False) -> None:
+                 allow_download: bool = False, pooled: bool = False) -> None:
         super().__init__()
         weights = load_weights(name, allow_download=allow_download)
         with torch.random.fork_rng(devices=[]):  # a fixed init that leaves the caller's RNG untouched
@@ -140,9 +141,11 @@ class GridEncoder(nn.Module):
             model.load_state_dict(weights.state_dict)
         self.body = nn.Sequential(OrderedDict((stage, getattr(model, stage)) for stage in STAGES))
         self.name, self.dim, self.trainable_last_block = name, model.fc.in_features, trainable_last_block
+        self.pooled = pooled
         sha = weights.sha256_prefix or _tensor_digest(self.body.state_dict())[:16]
         # What a results record says about this encoder; also the encoder's part of a cache key.
-        self.record = {"encoder": name, "weights": weights.tag, "weights_sha256_prefix": sha}
+        self.record = {"encoder": name, "weights": weights.tag, "weights_sha256_prefix": sha,
+                       **({"pooled": True} if pooled else {})}  # grid records keep their old cache keys
         self.weights_description = weights.description
         for stage_name, stage in self.body.named_children():
             stage.requires_grad_(trainable_last_block and stage_name == "layer4")
@@ -155,6 +158,8 @@ class GridEncoder(nn.Module):
             images = images.float() / 255
         x = (images - self.mean) / self.std  # (B, 3, H, W), ImageNet-normalised
         grid = self.body(x)  # (B, D, h, w)
+        if self.pooled:
+            return grid.mean(dim=(2, 3)).unsqueeze(1)  # (B, 1, D)
         return grid.flatten(2).transpose(1, 2)  # (B, h*w, D), cells in row-major order
 
     def train(self, mode: bool = True) -> GridEncoder:
@@ -164,7 +169,9 @@ class GridEncoder(nn.Module):
         return self
 
     def grid_cells(self, height: int, width: int) -> int:
-        """N, the number of grid cells of a height x width image."""
+        """N, the number of grid cells of a height x width image (1 when pooled)."""
+        if self.pooled:
+            return 1
         return math.ceil(height / STRIDE) * math.ceil(width / STRIDE)
 
 

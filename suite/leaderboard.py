@@ -3,9 +3,10 @@
 The JSON export (`leaderboard.json`) is the one structure every view reads: Markdown, the static
 site, W&B and `suite compare`. Records stay the single source of truth; nothing here is edited by hand.
 
-Grouping: one board per (task, source, budget, precision); one row per (model, variant, device class,
-config without seed), aggregated over seeds. Only completed and budget-exhausted runs enter the
-statistics; every run is counted in the row's status.
+Grouping: one board per (task, source, dataset, budget, precision), where the dataset is the real dataset
+a task names in its record (captioning's coco or flickr8k, video's ucf101 or csv: their metrics are not
+comparable); one row per (model, variant, device class, config without seed), aggregated over seeds. Only
+completed and budget-exhausted runs enter the statistics; every run is counted in the row's status.
 """
 from __future__ import annotations
 
@@ -43,6 +44,12 @@ def device_class(record: dict[str, Any]) -> str:
     """'cpu' or the GPU's name: runs compare only within one class (CPU speed is normalized instead)."""
     env = record["environment"]
     return env["device_name"] if env["device"].startswith("cuda") else "cpu"
+
+
+def dataset(record: dict[str, Any]) -> str:
+    """The real dataset a record's task names ("" for synthetic data and tasks with only one dataset)."""
+    data = record["data"]
+    return "" if data.get("synthetic") else str(data.get("dataset") or "")
 
 
 def config_digest(record: dict[str, Any]) -> str:
@@ -104,14 +111,14 @@ def build_export(results_dir: Path) -> dict[str, Any]:
     groups: dict[tuple, dict[tuple, list]] = {}
     for path, r in records:
         row = row_key(r)
-        groups.setdefault(row[:4], {}).setdefault(row, []).append((path, r))
+        groups.setdefault((*row[:2], dataset(r), *row[2:4]), {}).setdefault(row, []).append((path, r))
     boards = [_board(key, rows, results_dir) for key, rows in sorted(groups.items())]
     return {"format": FORMAT, "version": VERSION, "generated": dt.datetime.now(dt.UTC).isoformat(),
             "results_dir": str(results_dir), "skipped": skipped, "boards": boards}
 
 
 def _board(key: tuple, rows: dict[tuple, list], results_dir: Path) -> dict[str, Any]:
-    task, source, budget, precision = key
+    task, source, dataset_name, budget, precision = key
     first = next(iter(rows.values()))[0][1]
     t = first["task"]
     built = sorted((_row(k, runs, results_dir) for k, runs in rows.items()),
@@ -120,7 +127,8 @@ def _board(key: tuple, rows: dict[tuple, list], results_dir: Path) -> dict[str, 
     task_cls = registry.TASKS.get(task)
     applicable = _applicable(task_cls) if task_cls else sorted(models)
     not_applicable = [m for m in registry.MODELS if m not in applicable]
-    return {"task": task, "source": source, "synthetic": source == "synthetic", "budget": budget,
+    return {"task": task, "source": source, "dataset": dataset_name, "synthetic": source == "synthetic",
+            "budget": budget,
             "precision": precision, "unit": t["unit"], "primary_metric": t["primary_metric"],
             "metrics": t["metrics"], "reference": first["reference"], "rows": built,
             "not_applicable": not_applicable, "missing": [m for m in applicable if m not in models]}

@@ -51,7 +51,8 @@ def board_table(board: dict[str, Any], results_dir: Path, out_dir: Path) -> list
     ref = board["reference"]
     ref_value = ref.get("test", {}).get(primary)
     reference = f"; reference {cell(ref['name'])}: {ref_value:.4g}" if ref_value is not None else ""
-    head = [f"### {cell(board['task'])} · {cell(board['source'])} · budget {cell(board['budget'])} · "
+    dataset = f" {cell(board['dataset'])}" if board.get("dataset") else ""
+    head = [f"### {cell(board['task'])} · {cell(board['source'])}{dataset} · budget {cell(board['budget'])} · "
             f"{cell(board['precision'])}", "",
             f"Primary metric: test {cell(primary)} {ARROW[higher]} ({'higher' if higher else 'lower'} is better)"
             + reference, ""]

@@ -103,12 +103,13 @@ def page(title: str, body: str, depth: int = 0) -> str:
 # ---- index ----------------------------------------------------------------------------------------
 
 def board_id(i: int, board: dict[str, Any]) -> str:
-    name = "-".join(str(board[k]) for k in ("task", "source", "budget", "precision"))
+    name = "-".join(str(board[k]) for k in ("task", "source", "dataset", "budget", "precision") if board.get(k))
     return f"b{i}-" + re.sub(r"[^A-Za-z0-9_-]+", "_", name)
 
 
 def board_title(board: dict[str, Any]) -> str:
-    return f"{board['task']} · {board['source']} data · budget {board['budget']} · {board['precision']}"
+    dataset = f" ({board['dataset']})" if board.get("dataset") else ""
+    return f"{board['task']} · {board['source']} data{dataset} · budget {board['budget']} · {board['precision']}"
 
 
 def index_page(site: Site, export: dict[str, Any]) -> str:

@@ -95,7 +95,8 @@ def log_leaderboard(export: dict[str, Any], project: str | None, entity: str | N
 
 def board_key(board: dict[str, Any]) -> str:
     """A board's table name in W&B, e.g. 'ptb-synthetic-smoke-fp32'."""
-    return "-".join((board["task"], board["source"], board["budget"], board["precision"]))
+    return "-".join(p for p in (board["task"], board["source"], board.get("dataset"), board["budget"],
+                                 board["precision"]) if p)
 
 
 def board_table(board: dict[str, Any]) -> tuple[list[str], list[list[Any]]]:

@@ -5,4 +5,5 @@ from tasks import (
     librispeech,  # noqa: F401
     ptb,  # noqa: F401
     translation,  # noqa: F401
+    video,  # noqa: F401
 )

@@ -34,7 +34,7 @@ import soundfile
 import torch
 from torch import nn
 
-from suite.array_cache import cached_array
+from suite.array_cache import cached_array, file_fingerprint
 from suite.errors import DataError, UserError
 from suite.fetch import file_digest
 from suite.registry import register_task
@@ -45,7 +45,6 @@ from tasks.librispeech_data import (
     SUBSETS,
     LogMel,
     SpecAugment,
-    audio_fingerprint,
     duration_buckets,
     load_audio,
     read_subset,
@@ -150,7 +149,7 @@ class LibriSpeech(Task):
             utts = {s: read_subset(subset_dir(n, copy)) for s, n in names.items()}
             self.audio = {s: [u.path for u in us] for s, us in utts.items()}  # read when batched
             self.texts = {s: [u.transcript for u in us] for s, us in utts.items()}
-            self._audio_keys = {s: audio_fingerprint(paths) for s, paths in self.audio.items()}
+            self._audio_keys = {s: file_fingerprint(paths) for s, paths in self.audio.items()}
             self._info = {"subsets": names, "files": {n: SUBSETS[n].checksum for n in names.values()},
                           "copy_dir": opts.copy_dir or None}
         self.samples = {s: np.array([self._samples(s, i) for i in range(len(a))]) for s, a in self.audio.items()}

@@ -10,7 +10,6 @@ channel normalised per utterance, optional frame stacking (e.g. 3x, to 30 ms ste
 """
 from __future__ import annotations
 
-import hashlib
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -105,16 +104,6 @@ def _fix(root: Path) -> str:
     if root.resolve().is_relative_to(cached.resolve()):
         return f"delete {cached / root.name} and run again, or use --source synthetic"
     return f"repair the copy at {root} or use --source synthetic"
-
-
-def audio_fingerprint(paths: list[Path]) -> str:
-    """sha256 over each file's name, size and modification time: names a set of audio files for the feature
-    cache without reading them (hashing 100 hours of FLAC would take longer than computing the features)."""
-    digest = hashlib.sha256()
-    for path in paths:
-        stat = path.stat()
-        digest.update(f"{path.resolve()}\t{stat.st_size}\t{stat.st_mtime_ns}\n".encode())
-    return digest.hexdigest()
 
 
 def load_audio(path: Path) -> Tensor:

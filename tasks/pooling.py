@@ -3,6 +3,7 @@ encoder-decoder tasks."""
 from __future__ import annotations
 
 import torch
+from torch import nn
 
 
 def pool(out: torch.Tensor, lengths: torch.Tensor, how: str, directions: int) -> torch.Tensor:
@@ -20,3 +21,19 @@ def pool(out: torch.Tensor, lengths: torch.Tensor, how: str, directions: int) ->
         return fwd
     half = out.size(2) // 2
     return torch.cat([fwd[:, :half], out[:, 0, half:]], dim=1)
+
+
+class AttentionPool(nn.Module):
+    """Learned attention pooling: a score per step (v . tanh(W h)), softmax over the valid steps, and the
+    weighted sum of the outputs; (B, T, D) outputs and (B,) lengths -> (B, D) features."""
+
+    def __init__(self, dim: int, hidden: int = 64):
+        super().__init__()
+        self.project = nn.Linear(dim, hidden)
+        self.score = nn.Linear(hidden, 1, bias=False)
+
+    def forward(self, out: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
+        valid = torch.arange(out.size(1), device=out.device)[None, :] < lengths.to(out.device)[:, None]  # (B, T)
+        scores = self.score(torch.tanh(self.project(out))).squeeze(-1)  # (B, T)
+        weights = scores.masked_fill(~valid, float("-inf")).softmax(dim=1)  # (B, T), zero past each length
+        return (weights.unsqueeze(-1) * out).sum(dim=1)  # (B, D)

@@ -29,15 +29,18 @@ REFERENCE_VERSION = 2
 """Part of every cache key: bump it when what a cached reference means changes."""
 
 
-def twin_reference(task: Task, changes: dict[str, Any], units: int | None, data_checksum: str) -> dict[str, Any]:
+def twin_reference(task: Task, changes: dict[str, Any], units: int | None, data_checksum: str,
+                   model: str | None = None) -> dict[str, Any]:
     """{"name": task.reference_name, "valid": metrics, "test": metrics} of the task's model trained with
-    `changes` applied to its options: for `units` training units, or under the run's own budget if None."""
+    `changes` applied to its options: for `units` training units, or under the run's own budget if None.
+    A twin without a backbone names one `model` for every run, so that all of them share one cached line."""
     # Imported here: suite.runner imports tasks (for the Task type), so a module-level import is circular.
     from suite.runner import Trainer, evaluate, rng_state, seed_everything, set_rng_state
 
     budget = task.cfg.budget if units is None else Budget(max_units=units)
     # A variant of a run shares its reference: the key ignores what makes a variant.
     cfg = dataclasses.replace(task.cfg, options=dataclasses.replace(task.cfg.options, **changes), variant="dense",
+                              model=model or task.cfg.model,
                               parent=None, finetune_units=0,
                               budget=dataclasses.replace(budget, eval_every_units=None, checkpoint_every_seconds=1e9))
     key = json.dumps([REFERENCE_VERSION, task.version, sorted(task.metrics), cfg.digest(), data_checksum])

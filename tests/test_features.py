@@ -57,6 +57,9 @@ def test_grid_shapes() -> None:
     assert small(torch.rand(1, 3, 96, 64)).shape == (1, 6, 512)  # 3x2: non-square images work
     assert small.grid_cells(96, 64) == 6 and small.dim == 512
     assert GridEncoder("resnet50")(torch.rand(1, 3, 64, 64)).shape == (1, 4, 2048)
+    pooled, images = GridEncoder("resnet18", pooled=True), torch.rand(2, 3, 96, 64)
+    assert pooled(images).shape == (2, 1, 512) and pooled.grid_cells(96, 64) == 1
+    assert torch.allclose(pooled(images)[:, 0], small(images).mean(dim=1), atol=1e-6)  # the grid's mean
 
 
 def test_uint8_images_match_floats_in_unit_range() -> None:
@@ -156,6 +159,9 @@ def test_each_key_part_recomputes() -> None:
     reweighted_calls = counted(reweighted)
     features(reweighted, data)
     assert len(reweighted_calls) == 3
+    pooled = GridEncoder("resnet18", pooled=True)  # same weights, one vector per image
+    pooled_calls = counted(pooled)
+    assert features(pooled, data).shape[1] == 1 and len(pooled_calls) == 3
     features(encoder, data)  # every variant above left the first file alone
     assert len(calls) == 12
 

@@ -92,3 +92,26 @@ def test_two_runs_writing_into_one_results_directory_lose_nothing(tmp_path):
     export = build_export(tmp_path)
     assert sorted(r["model"] for r in board(export, "synthetic")["rows"]) == ["lstm", "rnn"]
     assert export["skipped"] == [] and not list(tmp_path.rglob(".*.tmp"))
+
+
+def test_real_datasets_of_one_task_get_their_own_boards_and_never_meet_in_compare(results, tmp_path):
+    """A task with two real datasets (captioning's coco and flickr8k, video's ucf101 and csv) must not rank or
+    compare one dataset's runs against the other's."""
+    from suite.compare import compare
+
+    root, runs = results
+    for name in ("coco", "flickr8k"):
+        record = json.loads(runs[2][1].read_text())
+        record["config"]["source"] = record["data"]["source"] = "real"
+        record["data"].update(synthetic=False, dataset=name)
+        record["metrics"]["test"]["ppl"] *= 2 if name == "flickr8k" else 1  # would read as a regression
+        record["run_id"] += f"-{name}"
+        write_record(record, record_path(tmp_path / name, record))
+        write_record(record, record_path(tmp_path / "both", record))
+    export = build_export(tmp_path / "both")
+    assert sorted(b["dataset"] for b in export["boards"]) == ["coco", "flickr8k"]
+    text = write_outputs(export, tmp_path / "both", tmp_path / "out")[1].read_text()
+    assert "### ptb · real coco · budget smoke · fp32" in text and "### ptb · real flickr8k ·" in text
+    assert all(b["dataset"] == "" for b in build_export(root)["boards"])  # synthetic, or no dataset named
+    result = compare(build_export(tmp_path / "coco"), build_export(tmp_path / "flickr8k"))
+    assert result.count("regressed") == 0 and result.count("missing") == result.count("new") == 1

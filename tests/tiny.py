@@ -19,6 +19,8 @@ TASK_TINY = {
                    "options.reference_units=400", "options.examples=1", "train.eval_batch_size=30"],
     "translation": [*COMMON, "options.synthetic_pairs=300", "options.synthetic_eval_pairs=40", "options.vocab_size=120",
                     "options.reference_units=600", "options.heatmaps=1", "train.eval_batch_size=40"],
+    "video": ["backbone.hidden_size=16", "backbone.num_layers=1", "train.batch_size=8", "train.eval_batch_size=40",
+              "options.synthetic_clips=80", "options.synthetic_eval_clips=40", "options.reference_units=400"],
 }
 """Tiny overrides per task; the contract test fails for a registered task missing here."""
 TINY = TASK_TINY["ptb"]
