@@ -51,10 +51,13 @@ def test_paper_presets_state_the_published_configurations() -> None:
     speech = TASKS["librispeech"].presets["paper"]
     assert (speech["backbone.num_layers"], speech["backbone.hidden_size"], speech["budget.max_epochs"]) == (4, 320, 30)
     assert TASKS["librispeech"].Options().train_subset == "train-clean-100"
+    video = TASKS["video"].presets["paper"]
+    assert (video["backbone.hidden_size"], video["options.frames"], video["options.pooling"]) == (256, 16, "mean")
     for module, anchors in (("tasks.imdb", ("86.5", "Dai & Le 2015", "91.2")),
                             ("tasks.translation", ("28 BLEU", "about 21", "about 14")),
                             ("tasks.captioning", ("Flickr8k 19.5", "Flickr30k 19.1", "COCO 24.3", "COCO 27.7")),
-                            ("tasks.librispeech", ("7.7 / 21.9", "about 11 on test-clean", "5.8 on dev-clean"))):
+                            ("tasks.librispeech", ("7.7 / 21.9", "about 11 on test-clean", "5.8 on dev-clean")),
+                            ("tasks.video", ("68.2 %", "67.4 %", "82.6 %"))):
         doc = __import__(module, fromlist=["_"]).__doc__
         assert all(a in doc for a in anchors)
 

@@ -80,6 +80,8 @@ def test_ucf101_copy_is_single_label_with_cached_features(tmp_path: Path, capsys
     again = make_task("real", copy, "options.valid_fraction=0.34")
     assert "computing" not in capsys.readouterr().err  # read from the cache
     assert torch.equal(again.inputs["train"], task.inputs["train"])
+    make_task("real", copy, "options.valid_fraction=0.34", "options.frames=3")  # another sampling: recomputed
+    assert capsys.readouterr().err.count("computing resnet18 features") == 3
     model = task.build(lambda n: MODELS["gru"](n, task.cfg.backbone))
     batch = next(task.train_batches(0))
     assert batch[0].shape == (4, 4, 512) and batch[2].dtype == torch.int64
