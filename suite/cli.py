@@ -30,7 +30,7 @@ def main(argv: list[str] | None = None) -> int:
 
 def parser() -> argparse.ArgumentParser:
     top = argparse.ArgumentParser(prog="suite", description="Benchmark recurrent sequence models.")
-    sub = top.add_subparsers(required=True, metavar="{run,list,show,leaderboard,compare}")
+    sub = top.add_subparsers(required=True, metavar="{run,sweep,list,show,leaderboard,compare}")
     run = sub.add_parser("run", help="train and evaluate one baseline on one task; write one JSON record")
     run.add_argument("--task", required=True)
     run.add_argument("--model", required=True)
@@ -50,6 +50,18 @@ def parser() -> argparse.ArgumentParser:
     run.add_argument("--no-progress", action="store_true", help="no progress bar even on a terminal")
     _wandb_flags(run)
     run.set_defaults(func=cmd_run)
+    sweep = sub.add_parser("sweep", help="a grid of runs: planned and checked first, resumable, in parallel")
+    sweep.add_argument("spec", nargs="?", type=Path, help="TOML spec with the same keys as the flags")
+    for key in ("task", "model", "source", "budget", "precision", "seed", "variant"):
+        sweep.add_argument(f"--{key}", help=f"comma-separated {key}s" + (" or all" if key in ("task", "model") else ""))
+    sweep.add_argument("--set", action="append", default=None, metavar="SECTION.KEY=VALUE",
+                       help="an override for every run (repeatable)")
+    sweep.add_argument("--workers", type=int, help="runs at once (default 1)")
+    sweep.add_argument("--results", type=Path, help="results directory (default results)")
+    sweep.add_argument("--retry-failed", action="store_true", default=None, help="rerun runs whose record failed")
+    sweep.add_argument("--executor", help="local (the default)")
+    sweep.add_argument("--dry-run", action="store_true", help="print the plan and stop")
+    sweep.set_defaults(func=cmd_sweep)
     lst = sub.add_parser("list", help="tasks, models, budgets, precisions, variants and what applies where")
     lst.set_defaults(func=cmd_list)
     board = sub.add_parser("leaderboard", help="LEADERBOARD.md, leaderboard.json and the static site from records")
@@ -74,6 +86,15 @@ def _wandb_flags(sub: argparse.ArgumentParser) -> None:
     sub.add_argument("--wandb", action="store_true", help="also log to Weights & Biases (offline unless logged in)")
     sub.add_argument("--wandb-project", default=None)
     sub.add_argument("--wandb-entity", default=None)
+
+
+def cmd_sweep(args: argparse.Namespace) -> int:
+    from suite import sweep
+
+    spec = sweep.load_spec(args.spec) if args.spec else {}
+    flags = {k: getattr(args, k) for k in (*sweep.GRID, *sweep.SETTINGS)}
+    spec.update({k: str(v) if isinstance(v, Path) else v for k, v in flags.items() if v is not None})  # flags win
+    return sweep.main(spec, args.dry_run)
 
 
 def cmd_run(args: argparse.Namespace) -> int:

@@ -1,0 +1,125 @@
+"""`suite sweep` with the local executor: the plan and its checks, real runs in real processes, skipping what
+is done, and a sweep killed by a signal and started again ending with every record exactly once."""
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+from tiny import TINY
+
+from suite import sweep
+from suite.cli import main
+from suite.errors import UserError
+from suite.registry import load_plugins
+
+load_plugins()
+pytestmark = pytest.mark.usefixtures("cache")
+QUICK = [*TINY, "budget.max_units=600", "budget.max_seconds=None"]
+
+
+def spec(tmp_path: Path, **extra) -> dict:
+    return {"task": "ptb", "model": "rnn,gru", "source": "synthetic", "budget": "smoke", "set": QUICK,
+            "results": str(tmp_path / "results"), **extra}
+
+
+def records(results: Path) -> list[dict]:
+    return [json.loads(p.read_text()) for p in sorted(results.glob("ptb/*/*.json"))]
+
+
+def test_the_plan_drops_what_does_not_apply_and_orders_parents_first(capsys: pytest.CaptureFixture) -> None:
+    runs, dropped = sweep.plan({"task": "ptb,imdb", "model": "all", "source": "synthetic", "budget": "smoke",
+                                "seed": "1,2", "variant": "dense,quant-dynamic-int8"}, "cpu")
+    assert dropped == ["skipped ptb x brnn: not applicable (brnn is bidirectional, ptb is causal)"]
+    assert len(runs) == (4 + 5) * 2 * 2
+    kinds = [r.variant for r in runs]
+    assert kinds == sorted(kinds, key=lambda v: v != "dense")  # every dense run before any variant
+    assert len({r.run_id for r in runs}) == len(runs)
+
+
+@pytest.mark.parametrize("given, message", [
+    ({"task": "ptbb", "model": "gru"}, "unknown task 'ptbb': did you mean ptb"),
+    ({"task": "ptb", "model": "gru", "precision": "fp33"}, "unknown precision 'fp33' in the sweep: did you mean"),
+    ({"task": "ptb", "model": "gru", "seed": "1,x"}, "seeds must be integers"),
+    ({"task": "ptb", "model": "gru", "set": ["train.lrr=1"]}, "unknown config key 'train.lrr': did you mean train.lr"),
+    ({"task": "ptb"}, "the sweep needs --model"),
+])
+def test_bad_names_fail_before_anything_runs(given: dict, message: str) -> None:
+    with pytest.raises(UserError, match=message):
+        sweep.plan(given, "cpu")
+
+
+def test_a_spec_file_with_an_unknown_key_names_the_closest(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    (tmp_path / "grid.toml").write_text('task = "ptb"\nmodels = "gru"\n')
+    assert main(["sweep", str(tmp_path / "grid.toml"), "--dry-run"]) == 2
+    assert "unknown key 'models': did you mean 'model'?" in capsys.readouterr().err
+
+
+def test_a_sweep_runs_everything_once_then_skips_it(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    given = spec(tmp_path, variant="dense,quant-dynamic-int8", workers=2)
+    assert sweep.main(given, dry_run=False) == 0
+    results = tmp_path / "results"
+    found = records(results)
+    assert sorted((r["config"]["model"], r["config"]["variant"]) for r in found) == [
+        ("gru", "dense"), ("gru", "quant-dynamic-int8"), ("rnn", "dense"), ("rnn", "quant-dynamic-int8")]
+    runs, _ = sweep.plan(given, "cpu")
+    assert {str(r.record_path(results)) for r in runs} == {str(p) for p in sorted(results.glob("ptb/*/*.json"))}
+    assert all(r["status"] in ("completed", "budget_exhausted") for r in found)
+    assert (results / "LEADERBOARD.md").is_file()
+    capsys.readouterr()
+    assert sweep.main(given, dry_run=False) == 0
+    out = capsys.readouterr().out
+    assert out.count(" skipped ") == 4 and "sweep: 4 skipped" in out
+
+
+def test_failed_runs_are_left_alone_unless_retried(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    given = spec(tmp_path, model="gru")
+    (run,), _ = sweep.plan(given, "cpu")
+    path = run.record_path(tmp_path / "results")
+    path.parent.mkdir(parents=True)
+    path.write_text(json.dumps({"status": "failed"}))
+    assert sweep.main(given, dry_run=False) == 0
+    assert "--retry-failed reruns it" in capsys.readouterr().out
+    assert sweep.main({**given, "retry_failed": True}, dry_run=False) == 0
+    assert json.loads(path.read_text())["status"] in ("completed", "budget_exhausted")
+
+
+def test_a_failing_run_does_not_stop_the_sweep_and_names_its_log(tmp_path: Path, capsys: pytest.CaptureFixture,
+                                                                   dead_url: str,
+                                                                   monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("SUITE_DATA_MIRROR", dead_url)  # real PTB from a dead server: each run fails in its process
+    given = spec(tmp_path, source="real")
+    code = sweep.main(given, dry_run=False)
+    out = capsys.readouterr().out
+    assert code == 1 and "failed" in out and "/sweeps/logs/" in out
+    logs = sorted((tmp_path / "results" / "sweeps" / "logs").glob("*.log"))
+    assert len(logs) == 2 and all("error: cannot download" in log.read_text() for log in logs)
+
+
+@pytest.mark.slow
+def test_a_sweep_killed_by_a_signal_resumes_and_ends_with_every_record_once(tmp_path: Path) -> None:
+    results = tmp_path / "results"
+    argv = [sys.executable, "-m", "suite.cli", "sweep", "--task", "ptb", "--model", "rnn,lstm,gru,resrnn",
+            "--source", "synthetic", "--budget", "smoke", "--results", str(results), "--workers", "2",
+            *[a for s in [*TINY, "budget.max_units=40000", "budget.max_seconds=None",
+                          "budget.checkpoint_every_seconds=0.5"] for a in ("--set", s)]]
+    first = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=os.environ)
+    deadline = time.monotonic() + 120
+    while not list(results.glob("checkpoints/*/*")) and time.monotonic() < deadline:
+        time.sleep(0.2)  # wait until a run is under way and has checkpointed
+    first.send_signal(signal.SIGTERM)
+    out, _ = first.communicate(timeout=120)
+    assert first.returncode == 143, out
+    assert "stopped by a signal" in out
+    interrupted = [r for r in records(results) if r["status"] == "interrupted"]
+    assert interrupted, out  # the running runs wrote their interrupted records
+    again = subprocess.run(argv, capture_output=True, text=True, timeout=600)
+    assert again.returncode == 0, again.stdout + again.stderr
+    found = records(results)
+    assert sorted(r["config"]["model"] for r in found) == ["gru", "lstm", "resrnn", "rnn"]  # each exactly once
+    assert all(r["status"] in ("completed", "budget_exhausted") for r in found)
