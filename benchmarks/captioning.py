@@ -24,8 +24,7 @@ from suite.config import build_config
 from suite.decoding import beam_search, greedy_search
 from suite.experiment import applicable_models
 from suite.features import GridEncoder
-from suite.registry import MODELS, TASKS
-from suite.runner import seed_everything
+from suite.registry import TASKS
 from tasks.subwords import BOS, EOS
 
 UNITS = 30_000  # caption words per training run
@@ -67,47 +66,18 @@ def training(repeats: int) -> dict[str, Any]:
     out = {}
     for model in applicable_models(TASKS["captioning"]):
         cfg = config(model, UNITS)
-        task = with_cached_features(prepared(cfg))
-        runs = {"train": lambda cfg=cfg, task=task: common.units_per_s(common.train(cfg, task, build(cfg, task)))}
+        task = with_cached_features(common.prepare_task(cfg))
+        runs = {"train": lambda cfg=cfg, task=task: common.train_speed(cfg, task)}
         speeds = common.interleaved(runs, repeats)["train"]
-        out[model] = {"words_per_s": common.median(speeds), "runs": speeds, **data_fraction(cfg, task)}
+        fraction = common.data_fraction(task, common.build_model(cfg, task), task.train_batches(0), steps=40)
+        out[model] = {"words_per_s": common.median(speeds), "runs": speeds, **fraction}
     return out
-
-
-def data_fraction(cfg: Any, task: Any, steps: int = 40) -> dict[str, float]:
-    """Seconds building batches vs seconds of whole steps (batch + forward + backward + update)."""
-    model = build(cfg, task)
-    opt = torch.optim.Adam(model.parameters(), lr=1e-3)
-    batches, data, total = task.train_batches(0), 0.0, 0.0
-    for i in range(steps):
-        start = time.perf_counter()
-        batch = next(batches)
-        fetched = time.perf_counter()
-        loss = task.loss(model, batch, None)[0]
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
-        if i >= 5:  # warm-up steps left out, as in the Trainer's figure
-            data += fetched - start
-            total += time.perf_counter() - start
-    return {"data_fraction": data / total, "ms_per_step": 1000 * total / (steps - 5)}
-
-
-def prepared(cfg: Any) -> Any:
-    task = TASKS["captioning"](cfg, torch.device("cpu"))
-    task.prepare()
-    return task
-
-
-def build(cfg: Any, task: Any) -> torch.nn.Module:
-    seed_everything(cfg.seed)
-    return task.build(lambda n: MODELS[cfg.model](n, cfg.backbone))
 
 
 def decoding(repeats: int) -> dict[str, Any]:
     cfg = config("lstm", 200_000)
-    task = prepared(cfg)
-    model = build(cfg, task)
+    task = common.prepare_task(cfg)
+    model = common.build_model(cfg, task)
     common.train(cfg, task, model)
     model.eval()
     images = task.inputs["test"]

@@ -13,7 +13,7 @@ import statistics
 import sys
 import tempfile
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -22,8 +22,9 @@ from torch import nn
 
 from suite.config import RunConfig, build_config
 from suite.environment import device_name
-from suite.registry import MODELS, load_plugins
+from suite.registry import MODELS, TASKS, load_plugins
 from suite.runner import Outcome, Trainer, seed_everything
+from tasks.base import Task
 from tasks.ptb import PTB
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -49,20 +50,21 @@ def ptb_config(model: str = "lstm", budget: str = "smoke", overrides: list[str] 
                         presets=PTB.presets, source="synthetic", device=device, precision=precision)
 
 
-def prepare_task(cfg: RunConfig) -> PTB:
-    """The PTB task of `cfg` with its data generated; reusable by every run with the same options and batch."""
-    task = PTB(cfg, torch.device(cfg.device))
+def prepare_task(cfg: RunConfig) -> Task:
+    """The task of `cfg` with its data prepared (downloaded or generated); reusable by every run whose data
+    settings are the same."""
+    task = TASKS[cfg.task](cfg, torch.device(cfg.device))
     task.prepare()
     return task
 
 
-def build_model(cfg: RunConfig, task: PTB) -> nn.Module:
-    """The language model of `cfg`, seeded so that every call gives the same initial weights."""
+def build_model(cfg: RunConfig, task: Task) -> nn.Module:
+    """The model of `cfg` for `task`, seeded so that every call gives the same initial weights."""
     seed_everything(cfg.seed)
     return task.build(lambda n: MODELS[cfg.model](n, cfg.backbone)).to(torch.device(cfg.device))
 
 
-def train(cfg: RunConfig, task: PTB, model: nn.Module) -> Outcome:
+def train(cfg: RunConfig, task: Task, model: nn.Module) -> Outcome:
     """Train through the suite's Trainer, with its checkpoints in a throw-away folder."""
     with tempfile.TemporaryDirectory(prefix="seqsuite-bench-") as tmp:
         return Trainer(cfg, task, model, torch.device(cfg.device), Path(tmp), progress_bar=False).run()
@@ -72,6 +74,30 @@ def units_per_s(outcome: Outcome) -> float:
     """The Trainer's throughput: units per second over the steps after budget.warmup_steps."""
     p = outcome.progress
     return p.measured_units / p.measured_seconds
+
+
+def train_speed(cfg: RunConfig, task: Task) -> float:
+    """Units/s of one training run of a freshly built model of `cfg` on `task`."""
+    return units_per_s(train(cfg, task, build_model(cfg, task)))
+
+
+def data_fraction(task: Task, model: nn.Module, batches: Iterator[Any], steps: int,
+                  warmup: int = 5) -> dict[str, float]:
+    """Seconds building batches over seconds of whole steps (batch + forward + backward + Adam update), and
+    ms per step, over `steps` steps of `batches` with the first `warmup` left out, as in the Trainer."""
+    opt = torch.optim.Adam(model.parameters(), lr=1e-3)
+    data = total = 0.0
+    for i in range(steps):
+        start = time.perf_counter()
+        batch = next(batches)
+        fetched = time.perf_counter()
+        loss = task.loss(model, batch, None)[0]
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        if i >= warmup:
+            data, total = data + fetched - start, total + time.perf_counter() - start
+    return {"data_fraction": data / total, "ms_per_step": 1000 * total / (steps - warmup)}
 
 
 def interleaved(runs: dict[Any, Callable[[], Any]], repeats: int) -> dict[Any, list[Any]]:

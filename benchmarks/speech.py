@@ -18,8 +18,7 @@ import torch
 
 from suite.config import build_config
 from suite.experiment import applicable_models
-from suite.registry import MODELS, TASKS
-from suite.runner import seed_everything
+from suite.registry import TASKS
 from tasks.ctc_beam import CTCBeamSearch
 from tasks.speech_text import ctc_greedy, wer_cer
 
@@ -34,31 +33,20 @@ def config(model: str, units: int) -> Any:
                                    "budget.eval_every_units=None", "budget.checkpoint_every_seconds=1e9"])
 
 
-def prepared(cfg: Any) -> Any:
-    task = TASKS["librispeech"](cfg, torch.device("cpu"))
-    task.prepare()
-    return task
-
-
-def build(cfg: Any, task: Any) -> torch.nn.Module:
-    seed_everything(cfg.seed)
-    return task.build(lambda n: MODELS[cfg.model](n, cfg.backbone))
-
-
 def training(repeats: int) -> dict[str, Any]:
     runs, task = {}, None
     for model in applicable_models(TASKS["librispeech"]):
         cfg = config(model, UNITS)
-        task = task or prepared(cfg)  # one corpus for all; the model is what differs
-        runs[model] = lambda cfg=cfg, task=task: common.units_per_s(common.train(cfg, task, build(cfg, task))) / 100
+        task = task or common.prepare_task(cfg)  # one corpus for all; the model is what differs
+        runs[model] = lambda cfg=cfg, task=task: common.train_speed(cfg, task) / 100
     speeds = common.interleaved(runs, repeats)
     return {m: {"audio_seconds_per_s": common.median(v), "runs": v} for m, v in speeds.items()}
 
 
 def decoding() -> dict[str, Any]:
     cfg = config("brnn", 1_000_000)
-    task = prepared(cfg)
-    model = build(cfg, task)
+    task = common.prepare_task(cfg)
+    model = common.build_model(cfg, task)
     common.train(cfg, task, model)
     model.eval()
     task.transcribe(model, "valid")  # computes and keeps the evaluation features

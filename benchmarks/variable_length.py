@@ -66,19 +66,13 @@ def padding_waste(task: Any) -> float:
     return 1 - real / padded
 
 
-def prepared(cfg: RunConfig) -> Any:
-    task = TASKS[cfg.task](cfg, torch.device("cpu"))
-    task.prepare()
-    return task
-
-
 def throughput(task_name: str, model: str, repeats: int) -> dict[str, Any]:
     setups = {"bucketed+packed": ([], False), "random+packed": (["options.bucket_batches=1"], False),
               "bucketed+unpacked": ([], True)}
     runs, waste = {}, {}
     for name, (overrides, unpacked) in setups.items():
         cfg = config(task_name, model, *overrides, units=UNITS[task_name])
-        task = prepared(cfg)
+        task = common.prepare_task(cfg)
         waste[name] = padding_waste(task)
 
         def make(cfg: RunConfig = cfg, task: Any = task, unpacked: bool = unpacked) -> nn.Module:
@@ -95,7 +89,7 @@ def throughput(task_name: str, model: str, repeats: int) -> dict[str, Any]:
 
 def decoding_speed(repeats: int) -> dict[str, Any]:
     cfg = config("translation", "gru", units=150_000)
-    task = prepared(cfg)
+    task = common.prepare_task(cfg)
     seed_everything(cfg.seed)
     model = task.build(lambda n: MODELS[cfg.model](n, cfg.backbone))
     common.train(cfg, task, model)

@@ -28,8 +28,7 @@ import torch
 from suite.config import build_config
 from suite.experiment import applicable_models
 from suite.features import GridEncoder
-from suite.registry import MODELS, TASKS
-from suite.runner import seed_everything
+from suite.registry import TASKS
 from tasks.video_data import read_clip
 
 UNITS = 8_000  # clips per training run
@@ -84,17 +83,6 @@ def config(model: str, units: int, source: str = "synthetic", *overrides: str) -
                                    "budget.eval_every_units=None", "budget.checkpoint_every_seconds=1e9", *overrides])
 
 
-def prepared(cfg: Any) -> Any:
-    task = TASKS["video"](cfg, torch.device("cpu"))
-    task.prepare()
-    return task
-
-
-def build(cfg: Any, task: Any) -> torch.nn.Module:
-    seed_everything(cfg.seed)
-    return task.build(lambda n: MODELS[cfg.model](n, cfg.backbone))
-
-
 def as_cached_features(task: Any, dim: int = 512) -> Any:
     """The synthetic task with its pixels swapped for random cached-feature rows of a real-data run (one
     view), as if `source` were real: the step a real run takes, with the frame CNN outside the model."""
@@ -110,10 +98,9 @@ def training(repeats: int) -> dict[str, Any]:
     out: dict[str, Any] = {}
     for model in applicable_models(TASKS["video"]):
         cfg = config(model, UNITS)
-        pixels, features = prepared(cfg), as_cached_features(prepared(cfg))
-        runs = {"synthetic": lambda cfg=cfg, t=pixels: common.units_per_s(common.train(cfg, t, build(cfg, t))),
-                "features": lambda cfg=features.cfg, t=features: common.units_per_s(
-                    common.train(cfg, t, build(cfg, t)))}
+        pixels, features = common.prepare_task(cfg), as_cached_features(common.prepare_task(cfg))
+        runs = {"synthetic": lambda cfg=cfg, t=pixels: common.train_speed(cfg, t),
+                "features": lambda cfg=features.cfg, t=features: common.train_speed(cfg, t)}
         speeds = common.interleaved(runs, repeats)
         out[model] = {k: {"clips_per_s": common.median(v), "runs": v} for k, v in speeds.items()}
     return out
@@ -124,7 +111,7 @@ def data_fractions(folder: Path, steps: int) -> dict[str, Any]:
     csv = [f"options.tags_csv='{folder / 'tags.csv'}'", f"options.video_dir='{folder}'"]
     cfg = config("gru", UNITS, "real", "options.dataset='csv'", *csv, "options.frames=8", "options.train_views=1",
                  "options.download_weights=False", "train.batch_size=8")
-    cached = prepared(cfg)
+    cached = common.prepare_task(cfg)
     encoder = cached._encoder()
 
     def uncached(index: np.ndarray) -> tuple:  # what every batch costs when nothing is cached
@@ -138,20 +125,8 @@ def data_fractions(folder: Path, steps: int) -> dict[str, Any]:
     sides = {"cache on": lambda idx: cached._batch("train", idx, rng), "cache off": uncached}
     out = {}
     for name, make in sides.items():
-        model = build(cfg, cached)
-        opt = torch.optim.Adam(model.parameters(), lr=1e-3)
-        data = total = 0.0
-        for i, index in enumerate(order):
-            start = time.perf_counter()
-            batch = make(index)
-            fetched = time.perf_counter()
-            loss = cached.loss(model, batch, None)[0]
-            opt.zero_grad()
-            loss.backward()
-            opt.step()
-            if i >= 3:  # warm-up steps left out, as in the Trainer's figure
-                data, total = data + fetched - start, total + time.perf_counter() - start
-        out[name] = {"data_fraction": data / total, "ms_per_step": 1000 * total / (steps - 3)}
+        model = common.build_model(cfg, cached)
+        out[name] = common.data_fraction(cached, model, (make(index) for index in order), steps, warmup=3)
     return out
 
 
