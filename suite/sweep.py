@@ -278,12 +278,32 @@ def main(spec: dict[str, Any], dry_run: bool) -> int:
     for signum in (signal.SIGTERM, signal.SIGINT):
         signal.signal(signum, _forward)
     counts = execute(runs, results, workers, bool(spec.get("retry_failed", False)))
+    print("\n".join(summary(runs, results)))
     print("sweep: " + ", ".join(f"{n} {k}" for k, n in sorted(counts.items())))
     if STOPPING.is_set():
         print("sweep stopped by a signal: run the same command again to resume it", file=sys.stderr)
         return 143
     _leaderboard(results)
     return 1 if counts["failed"] or counts["interrupted"] else 0
+
+
+def summary(runs: list[Run], results: Path) -> list[str]:
+    """A table of every planned run: its record's status and test primary metric, or that it has none."""
+    rows = [["task", "model", "variant", "source", "budget", "precision", "seed", "status", "test metric"]]
+    for run in runs:
+        c, path = run.cfg, run.record_path(results)
+        status, metric = "no record", ""
+        if path.is_file():
+            try:
+                record = json.loads(path.read_text())
+                name = record["task"]["primary_metric"]
+                status, value = record["status"], record["metrics"].get("test", {}).get(name)
+                metric = f"{name} {value:.4g}" if value is not None else ""
+            except (OSError, ValueError, KeyError, TypeError):
+                status = "unreadable record"
+        rows.append([c.task, c.model, run.variant, c.source, c.budget_name, c.precision, str(c.seed), status, metric])
+    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
+    return ["  ".join(v.ljust(w) for v, w in zip(r, widths)).rstrip() for r in rows]
 
 
 def _leaderboard(results: Path) -> None:

@@ -71,7 +71,9 @@ def test_a_sweep_runs_everything_once_then_skips_it(tmp_path: Path, capsys: pyte
     assert {str(r.record_path(results)) for r in runs} == {str(p) for p in sorted(results.glob("ptb/*/*.json"))}
     assert all(r["status"] in ("completed", "budget_exhausted") for r in found)
     assert (results / "LEADERBOARD.md").is_file()
-    capsys.readouterr()
+    table = [line.split() for line in capsys.readouterr().out.splitlines() if line.startswith("ptb ")]
+    ppl = {(r["config"]["model"], r["config"]["variant"]): r["metrics"]["test"]["ppl"] for r in found}
+    assert len(table) == 4 and all(f"{ppl[(row[1], row[2])]:.4g}" == row[-1] for row in table)
     assert sweep.main(given, dry_run=False) == 0
     out = capsys.readouterr().out
     assert out.count(" skipped ") == 4 and "sweep: 4 skipped" in out

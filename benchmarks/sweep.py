@@ -1,0 +1,61 @@
+"""Sweep overhead and parallel speed-up: K smoke runs of PTB (synthetic, fixed unit count) three ways.
+
+(a) by hand: the K `suite run` commands one after another, the sum of their wall times;
+(b) `suite sweep --workers 1` over the same grid: its wall time over (a) is the sweep's overhead (planning,
+    state checks, the summary and the leaderboard rebuilt at the end);
+(c) `suite sweep --workers 2`: its speed-up over (b), each worker given half the CPU threads.
+Each side writes into its own fresh results folder, so nothing is skipped.
+
+    python benchmarks/sweep.py           # about 2 min on 2 cores
+"""
+from __future__ import annotations
+
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import common
+import torch
+
+MODELS = ("rnn", "lstm", "gru", "resrnn")
+SETS = ["backbone.hidden_size=64", "budget.max_units=30000", "budget.max_seconds=None"]
+
+
+def wall(argv: list[str]) -> float:
+    start = time.perf_counter()
+    subprocess.run([sys.executable, "-m", "suite.cli", *argv], check=True, capture_output=True)
+    return time.perf_counter() - start
+
+
+def grid(results: Path, models: tuple[str, ...]) -> list[str]:
+    return ["--task", "ptb", "--source", "synthetic", "--budget", "smoke", "--results", str(results),
+            *[a for s in SETS for a in ("--set", s)], "--model", ",".join(models)]
+
+
+def by_hand(results: Path) -> float:
+    return sum(wall(["run", *grid(results, (m,)), "--no-progress"]) for m in MODELS)
+
+
+def main() -> None:
+    p = common.parser("sweep", __doc__)
+    args = common.parse(p)
+    figures: dict[str, Any] = {"environment": common.environment(torch.device("cpu")), "runs": len(MODELS),
+                               "settings": SETS}
+    with tempfile.TemporaryDirectory(prefix="seqsuite-sweep-") as tmp:
+        root = Path(tmp)
+        figures["by_hand_s"] = hand = by_hand(root / "hand")
+        figures["sweep_1_worker_s"] = one = wall(["sweep", *grid(root / "one", MODELS), "--workers", "1"])
+        figures["sweep_2_workers_s"] = two = wall(["sweep", *grid(root / "two", MODELS), "--workers", "2"])
+    figures["overhead"], figures["speedup_2_workers"] = one / hand, one / two
+    common.print_table(f"{len(MODELS)} PTB smoke runs ({', '.join(SETS)})", ["how", "wall s", "ratio"],
+                       [["by hand, one after another", hand, 1.0], ["sweep --workers 1", one, one / hand],
+                        ["sweep --workers 2", two, two / hand]])
+    print(f"sweep overhead {one / hand - 1:+.1%}; --workers 2 speed-up {one / two:.2f}x")
+    common.write_json(args.out, figures)
+
+
+if __name__ == "__main__":
+    main()
