@@ -16,6 +16,7 @@ import zipfile
 from pathlib import Path
 
 from suite.errors import DataError
+from suite.fetch import file_lock
 
 MARKER = ".extracted"
 
@@ -24,6 +25,13 @@ def extract(archive: Path, target: Path) -> Path:
     """Unpack `archive` into `target` unless a finished extraction is already there; returns `target`."""
     if (target / MARKER).exists():
         return target
+    with file_lock(target):  # another process may be extracting it now
+        if not (target / MARKER).exists():
+            _extract(archive, target)
+    return target
+
+
+def _extract(archive: Path, target: Path) -> None:
     target.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(dir=target.parent, prefix=f".{target.name}."))
     try:
@@ -33,7 +41,6 @@ def extract(archive: Path, target: Path) -> Path:
         os.replace(staging, target)
     finally:
         shutil.rmtree(staging, ignore_errors=True)
-    return target
 
 
 def _unpack(archive: Path, into: Path) -> None:

@@ -23,8 +23,9 @@ from suite.fetch import data_dir
 
 
 def array_key(parts: dict) -> str:
-    """sha256 of `parts` (JSON, keys sorted): any part changing names a different array."""
-    return hashlib.sha256(json.dumps(parts, sort_keys=True).encode()).hexdigest()
+    """sha256 of `parts` as JSON in the caller's key order (the order image-feature keys always had, so their
+    existing cache files stay valid): any part changing names a different array."""
+    return hashlib.sha256(json.dumps(parts).encode()).hexdigest()
 
 
 def file_fingerprint(paths: list[Path]) -> str:

@@ -2,7 +2,7 @@
 
 Both sides are leaderboard exports (or results directories exported on the fly), so the gate reads
 the same aggregated numbers as every other view. Rows match on (task, model, variant, precision,
-budget, source, device class); the config digest is ignored so a changed default still compares.
+budget, source, real dataset, device class); the config digest is ignored so a changed default still compares.
 """
 from __future__ import annotations
 

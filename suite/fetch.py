@@ -5,6 +5,8 @@ dataset's official layout), so a mirror or a hand-filled cache is just a copy of
 """
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import hashlib
 import http.client
 import os
@@ -14,6 +16,7 @@ import tempfile
 import urllib.error
 import urllib.parse
 import urllib.request
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 from typing import BinaryIO
@@ -79,12 +82,30 @@ def file_digest(path: Path, algorithm: str) -> str:
     return digest.hexdigest()
 
 
+@contextlib.contextmanager
+def file_lock(path: Path) -> Iterator[None]:
+    """Hold an exclusive lock named after `path` across processes: runs started side by side (`suite sweep
+    --workers N`) download and extract a dataset once, one after the other. The lock files live apart, in
+    `data_dir()/.locks`, and stay there (removing one would race with a process about to lock it)."""
+    name = hashlib.sha256(str(Path(path).resolve()).encode()).hexdigest()[:24]
+    lock = data_dir() / ".locks" / f"{name}.lock"
+    lock.parent.mkdir(parents=True, exist_ok=True)
+    with open(lock, "a") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)  # released when the file closes, even if the process dies
+        yield
+
+
 def fetch(origin: str, remote: RemoteFile, cache: str) -> Path:
     """Path of a verified copy of `remote` in `data_dir()/cache`, downloaded only when missing or bad.
 
     `origin` is the dataset's official base URL; $SUITE_DATA_MIRROR, when set, replaces it.
     """
     target = data_dir() / cache / remote.relpath
+    with file_lock(target):
+        return _fetch(origin, remote, target)
+
+
+def _fetch(origin: str, remote: RemoteFile, target: Path) -> Path:
     if target.is_file():
         actual = file_digest(target, remote.algorithm)
         if actual == remote.checksum:

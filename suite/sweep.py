@@ -92,7 +92,14 @@ def grid_values(spec: dict[str, Any], key: str) -> list[Any]:
     raw = spec.get(key, DEFAULTS.get(key))
     if raw is None:
         raise UserError(f"the sweep needs --{key} (a name, a comma-separated list, or all)")
-    values = [v.strip() for v in raw.split(",")] if isinstance(raw, str) else list(raw)
+    if isinstance(raw, str):
+        values = [v.strip() for v in raw.split(",")]
+    elif isinstance(raw, list):
+        values = raw
+    elif isinstance(raw, int) and not isinstance(raw, bool):
+        values = [raw]  # seed = 1 in TOML
+    else:
+        raise UserError(f"sweep key {key} takes a name, a comma-separated string or a list, got {raw!r}")
     if values == ["all"] and key in ("task", "model"):
         return list(registry.TASKS if key == "task" else registry.MODELS)
     if key == "seed":
@@ -130,12 +137,12 @@ def plan(spec: dict[str, Any], device: str) -> tuple[list[Run], list[str]]:
             cfg = build_config(task, model, budget=budget, overrides=sets, options_cls=task_cls.Options,
                                presets=task_cls.presets, source=source, precision=precision, seed=seed,
                                device=device)
-            for variant in grid["variant"]:
-                run = Run(cfg, variant, tuple(sets))
-                (dense if variant == "dense" else variants).append(run)
-    if not dense and not variants:
+            dense.append(Run(cfg, "dense", tuple(sets)))  # a variant's parent is planned with it
+            variants += [Run(cfg, v, tuple(sets)) for v in grid["variant"] if v != "dense"]
+    if not dense:
         raise UserError("the sweep plans no run: every task x model pair was dropped")
-    return dense + variants, dropped
+    unique = {run.run_id: run for run in dense + variants}  # --seed 1,1 must not run one config twice at once
+    return list(unique.values()), dropped
 
 
 def state(run: Run, results: Path) -> str:
@@ -193,17 +200,22 @@ def execute(runs: list[Run], results: Path, workers: int, retry_failed: bool) ->
 
 
 def worker_envs(workers: int) -> list[dict[str, str]]:
-    """Environment of each worker slot: one GPU each when there are enough, else a share of the CPU threads."""
+    """Environment of each worker slot: an equal share of the CPU threads, and a GPU each (round robin)."""
     import torch
 
-    if torch.cuda.is_available() and torch.cuda.device_count() >= workers > 1:
-        return [{"CUDA_VISIBLE_DEVICES": str(i)} for i in range(workers)]
-    threads = str(max(1, (os.cpu_count() or 1) // workers))
-    return [{"OMP_NUM_THREADS": threads, "MKL_NUM_THREADS": threads} for _ in range(workers)]
+    threads = str(max(1, len(os.sched_getaffinity(0)) // workers))  # the cores this process may use
+    envs = [{"OMP_NUM_THREADS": threads, "MKL_NUM_THREADS": threads} for _ in range(workers)]
+    gpus = torch.cuda.device_count() if torch.cuda.is_available() else 0
+    for i, env in enumerate(envs if gpus and workers > 1 else []):
+        env["CUDA_VISIBLE_DEVICES"] = str(i % gpus)  # round robin when workers outnumber GPUs
+    return envs
 
 
 def _one(run: Run, results: Path, retry_failed: bool, slots: queue.Queue, progress: Progress) -> None:
     now = state(run, results)
+    if STOPPING.is_set():
+        progress.report("skipped", run, ": the sweep was stopped")
+        return
     if now == "done" or (now == "failed" and not retry_failed):
         progress.report("skipped", run, "" if now == "done" else " (failed before: --retry-failed reruns it)")
         return
@@ -236,7 +248,8 @@ _lock = threading.Lock()
 def _child(argv: list[str], out: Any, env: dict[str, str]) -> int:
     """Run one `suite run` process to its end; it is known to the signal handler while it runs."""
     with _lock:
-        proc = subprocess.Popen(argv, stdout=out, stderr=subprocess.STDOUT, env=env)
+        # Own session: a terminal's Ctrl-C reaches the sweep only, which forwards it once to each run.
+        proc = subprocess.Popen(argv, stdout=out, stderr=subprocess.STDOUT, env=env, start_new_session=True)
         _children.add(proc)
         if STOPPING.is_set():  # the signal came between the check and the start
             proc.terminate()
@@ -262,8 +275,8 @@ def main(spec: dict[str, Any], dry_run: bool) -> int:
 
     if spec.get("executor", "local") != "local":
         raise UserError(f"unknown executor {spec['executor']!r}: this version runs sweeps with executor local")
-    workers = int(spec.get("workers", DEFAULTS["workers"]))
-    if workers < 1:
+    workers = spec.get("workers", DEFAULTS["workers"])
+    if not isinstance(workers, int) or isinstance(workers, bool) or workers < 1:
         raise UserError(f"--workers must be >= 1, got {workers}")
     results = Path(spec.get("results", DEFAULTS["results"]))
     runs, dropped = plan(spec, _resolved_device("auto"))
@@ -275,16 +288,21 @@ def main(spec: dict[str, Any], dry_run: bool) -> int:
         for run in runs:
             print(f"  {state(run, results):<11} suite {' '.join(run.argv(results))}")
         return 0
-    for signum in (signal.SIGTERM, signal.SIGINT):
-        signal.signal(signum, _forward)
-    counts = execute(runs, results, workers, bool(spec.get("retry_failed", False)))
+    STOPPING.clear()
+    old = {signum: signal.signal(signum, _forward) for signum in (signal.SIGTERM, signal.SIGINT)}
+    try:
+        counts = execute(runs, results, workers, bool(spec.get("retry_failed", False)))
+    finally:
+        for signum, handler in old.items():
+            signal.signal(signum, handler)
     print("\n".join(summary(runs, results)))
     print("sweep: " + ", ".join(f"{n} {k}" for k, n in sorted(counts.items())))
     if STOPPING.is_set():
         print("sweep stopped by a signal: run the same command again to resume it", file=sys.stderr)
         return 143
     _leaderboard(results)
-    return 1 if counts["failed"] or counts["interrupted"] else 0
+    unfinished = sum(state(r, results) != "done" for r in runs)  # failures left from before count too
+    return 1 if unfinished else 0
 
 
 def summary(runs: list[Run], results: Path) -> list[str]:

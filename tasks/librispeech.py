@@ -39,7 +39,7 @@ from suite.errors import DataError, UserError
 from suite.fetch import file_digest
 from suite.registry import register_task
 from tasks.base import BackboneFactory, Task
-from tasks.ctc_beam import CTCBeamSearch
+from tasks.ctc_beam import CTCBeamSearch, arpa_words
 from tasks.ctc_model import CTCModel, ctc_loss
 from tasks.librispeech_data import (
     SUBSETS,
@@ -186,6 +186,7 @@ class LibriSpeech(Task):
         if not path.is_file():
             raise DataError(f"options.lm: {path} does not exist: give the path of an ARPA language model "
                             "or leave options.lm empty")
+        arpa_words(path)  # a file that is no ARPA model fails now, not after the download and the features
         return path, file_digest(path, "sha256")
 
     def _samples(self, split: str, i: int) -> int:

@@ -144,6 +144,9 @@ class Video(Task):
 
     def prepare(self) -> None:
         opts: VideoOptions = self.cfg.options
+        if opts.order_free:  # the twin sets it on a copy of a prepared task; a run never does
+            raise UserError("options.order_free is the reference line, which every run trains and reports "
+                            "itself: leave it False")
         if self.cfg.source == "synthetic":
             self._synthetic(opts)
         else:
@@ -177,11 +180,19 @@ class Video(Task):
             raise DataError(f"{where} gives no {' or '.join(empty)} clip: assign some clips to every split "
                             "(UCF101: raise options.valid_fraction)")
         self.targets = {s: self._label_tensor(cs) for s, cs in self.clips.items()}
-        self.checksum = hashlib.sha256(json.dumps(
-            [[str(c.path), c.labels] for s in ("train", "valid", "test") for c in self.clips[s]]).encode()).hexdigest()
         encoder = self._encoder()
+        listing = [[s, str(c.path), c.labels] for s in ("train", "valid", "test") for c in self.clips[s]]
+        clips_digest = hashlib.sha256(json.dumps(listing).encode()).hexdigest()
+        # What the twin reference depends on: the clips (paths, labels, file size and time) and the encoder's
+        # actual weights (an offline random init and ImageNet weights share one config).
+        self.checksum = hashlib.sha256(json.dumps(
+            [clips_digest, file_fingerprint([c.path for s in ("train", "valid", "test") for c in self.clips[s]]),
+             encoder.record]).encode()).hexdigest()
         self.inputs = {} if opts.finetune_cnn else {s: self._features(s, encoder) for s in self.clips}
-        self._info = {"dataset": opts.dataset, "encoder": encoder.record, "weights": encoder.weights_description,
+        # The dataset names what results are comparable within (one leaderboard board each): a UCF101 split,
+        # or one CSV's clips and tags.
+        dataset = f"ucf101-split{opts.ucf101_split}" if opts.dataset == "ucf101" else f"csv-{clips_digest[:8]}"
+        self._info = {"dataset": dataset, "encoder": encoder.record, "weights": encoder.weights_description,
                       "files": files}
 
     def _label_tensor(self, clips: list[video_data.Clip]) -> torch.Tensor:

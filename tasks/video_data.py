@@ -27,7 +27,7 @@ from av.video.reformatter import VideoReformatter
 
 from suite.archives import MARKER, extract
 from suite.errors import DataError, UserError
-from suite.fetch import RemoteFile, data_dir, fetch
+from suite.fetch import RemoteFile, data_dir, fetch, file_lock
 
 ORIGIN = "https://www.crcv.ucf.edu/data/UCF101"
 CACHE = "ucf101"
@@ -161,7 +161,9 @@ def _ucf_videos(target: Path) -> Path:
     """`target`/UCF-101, extracted from UCF101.rar. The 6.5 GB archive is fetched (and so hashed, about 20 s)
     only while no finished extraction is there: the extraction was made from a verified copy."""
     if not (target / MARKER).exists():
-        _extract_rar(fetch(ORIGIN, VIDEOS, CACHE), target)
+        with file_lock(target):  # runs started side by side extract it once
+            if not (target / MARKER).exists():
+                _extract_rar(fetch(ORIGIN, VIDEOS, CACHE), target)
     return target / "UCF-101"
 
 

@@ -85,3 +85,26 @@ def test_truncated_and_foreign_files_fail_with_the_fix(tmp_path):
     text.write_text("hello")
     with pytest.raises(DataError, match="neither a tar nor a zip archive"):
         extract(text, tmp_path / "out2")
+
+
+def test_two_processes_extracting_at_once_both_get_one_finished_extraction(tmp_path):
+    """Runs started side by side (suite sweep --workers 2) on a fresh data dir: one extracts, the other waits
+    for it instead of deleting the tree the first is using."""
+    import subprocess
+    import sys
+
+    source = tmp_path / "src"
+    for i in range(300):
+        (source / f"d{i % 10}").mkdir(parents=True, exist_ok=True)
+        (source / f"d{i % 10}" / f"f{i}.txt").write_text("x" * 2000)
+    archive = tmp_path / "big.tar.gz"
+    with tarfile.open(archive, "w:gz") as tar:
+        tar.add(source, arcname="data")
+    code = (f"from pathlib import Path; from suite.archives import extract; "
+            f"print(len(list(extract(Path({str(archive)!r}), Path({str(tmp_path / 'out')!r})).rglob('*.txt'))))")
+    procs = [subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+             for _ in range(2)]
+    outputs = [p.communicate(timeout=120) for p in procs]
+    assert [p.returncode for p in procs] == [0, 0], outputs
+    assert [o.strip() for o, _ in outputs] == ["300", "300"]
+    assert not list(tmp_path.glob(".out.*"))  # no staging folder left behind

@@ -40,6 +40,10 @@ def test_the_plan_drops_what_does_not_apply_and_orders_parents_first(capsys: pyt
     kinds = [r.variant for r in runs]
     assert kinds == sorted(kinds, key=lambda v: v != "dense")  # every dense run before any variant
     assert len({r.run_id for r in runs}) == len(runs)
+    again, _ = sweep.plan({"task": "ptb", "model": "gru,gru", "source": "synthetic", "seed": [1, 1],
+                           "variant": "prune-magnitude-50"}, "cpu")
+    assert [r.variant for r in again] == ["dense", "prune-magnitude-50"]  # parent added, duplicates dropped
+    assert [r.cfg.seed for r in sweep.plan({"task": "ptb", "model": "gru", "seed": 3}, "cpu")[0]] == [3]
 
 
 @pytest.mark.parametrize("given, message", [
@@ -48,6 +52,7 @@ def test_the_plan_drops_what_does_not_apply_and_orders_parents_first(capsys: pyt
     ({"task": "ptb", "model": "gru", "seed": "1,x"}, "seeds must be integers"),
     ({"task": "ptb", "model": "gru", "set": ["train.lrr=1"]}, "unknown config key 'train.lrr': did you mean train.lr"),
     ({"task": "ptb"}, "the sweep needs --model"),
+    ({"task": "ptb", "model": "gru", "seed": 1.5}, "sweep key seed takes a name, a comma-separated string or a list"),
 ])
 def test_bad_names_fail_before_anything_runs(given: dict, message: str) -> None:
     with pytest.raises(UserError, match=message):
@@ -85,7 +90,7 @@ def test_failed_runs_are_left_alone_unless_retried(tmp_path: Path, capsys: pytes
     path = run.record_path(tmp_path / "results")
     path.parent.mkdir(parents=True)
     path.write_text(json.dumps({"status": "failed"}))
-    assert sweep.main(given, dry_run=False) == 0
+    assert sweep.main(given, dry_run=False) == 1  # a failure left in the grid
     assert "--retry-failed reruns it" in capsys.readouterr().out
     assert sweep.main({**given, "retry_failed": True}, dry_run=False) == 0
     assert json.loads(path.read_text())["status"] in ("completed", "budget_exhausted")

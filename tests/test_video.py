@@ -70,7 +70,7 @@ def test_ucf101_copy_is_single_label_with_cached_features(tmp_path: Path, capsys
     copy = write_ucf101(tmp_path / "ucf")
     task = make_task("real", copy, "options.valid_fraction=0.34")
     info = task.data_info()
-    assert info["tags"] == list(CLASSES) and not info["multi_label"]
+    assert info["tags"] == list(CLASSES) and not info["multi_label"] and info["dataset"] == "ucf101-split1"
     assert sum(info["clips"].values()) == 12 and info["clips"]["test"] == 3
     assert (task.metrics, task.primary_metric) == ({"top1": True, "top5": True}, "top1")
     views = task.cfg.options.train_views
@@ -115,6 +115,7 @@ def test_csv_source_is_multi_label_with_a_threshold_from_validation(tmp_path: Pa
     task = make_task("real", "options.dataset='csv'", f"options.tags_csv='{tmp_path / 'tags.csv'}'",
                      f"options.video_dir='{tmp_path / 'videos'}'")
     assert task.multi_label and task.tags == ["jump", "run"] and task.primary_metric == "map"
+    assert task.data_info()["dataset"].startswith("csv-")  # one board per CSV's clips and tags
     assert task.targets["test"].tolist() == [[0, 1], [1, 0], [1, 1]]
     model = task.build(lambda n: MODELS["lstm"](n, task.cfg.backbone)).eval()
     metrics = task.evaluate(model, "test")
@@ -133,6 +134,8 @@ def test_a_csv_source_needs_both_paths_and_every_split(tmp_path: Path) -> None:
                   f"options.video_dir='{tmp_path / 'videos'}'")
     with pytest.raises(UserError, match="options.pooling must be one of last, mean, attention"):
         config("synthetic", "options.pooling='max'")
+    with pytest.raises(UserError, match="options.order_free is the reference line"):
+        make_task("synthetic", "options.order_free=True")
 
 
 def test_finetuning_decodes_frames_and_trains_the_last_stage(tmp_path: Path) -> None:

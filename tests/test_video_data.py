@@ -337,6 +337,25 @@ def test_a_checksum_mismatch_is_one_line(ucf_origin: Origin, monkeypatch: pytest
     assert "\n" not in str(err.value) and ucf_origin.requests[vd.SPLITS.relpath] == 2
 
 
+def test_a_truncated_download_is_fetched_once_more(ucf_origin: Origin, tmp_path: Path,
+                                                  monkeypatch: pytest.MonkeyPatch) -> None:
+    ucf_origin.damage[vd.SPLITS.relpath] = 1
+    only_tools(tmp_path / "bin", monkeypatch)  # no RAR tool: only the split zip matters here
+    with pytest.raises(DataError, match="no RAR tool"):
+        ucf101_splits(None)
+    assert ucf_origin.requests[vd.SPLITS.relpath] == 2  # the damaged copy was replaced
+
+
+def test_a_malformed_split_zip_with_the_right_checksum_is_refused(ucf_origin: Origin,
+                                                                 monkeypatch: pytest.MonkeyPatch) -> None:
+    zipped = ucf_origin.root / vd.SPLITS.relpath
+    zipped.write_bytes(b"PK\x03\x04 not really a zip")
+    monkeypatch.setattr(vd, "SPLITS", RemoteFile(vd.SPLITS.relpath, hashlib.sha256(zipped.read_bytes()).hexdigest()))
+    with pytest.raises(DataError, match=vd.SPLITS.relpath) as err:
+        ucf101_splits(None)
+    assert "\n" not in str(err.value)
+
+
 def test_the_published_checksums_are_sha256() -> None:
     assert (vd.VIDEOS.relpath, vd.VIDEOS.algorithm) == ("UCF101.rar", "sha256")
     assert (vd.SPLITS.relpath, vd.SPLITS.algorithm) == ("UCF101TrainTestSplits-RecognitionTask.zip", "sha256")
