@@ -3,13 +3,16 @@
 (a) by hand: the K `suite run` commands one after another, the sum of their wall times;
 (b) `suite sweep --workers 1` over the same grid: its wall time over (a) is the sweep's overhead (planning,
     state checks, the summary and the leaderboard rebuilt at the end);
-(c) `suite sweep --workers 2`: its speed-up over (b), each worker given half the CPU threads.
+(c) `suite sweep --workers 2`: its speed-up over (b), each worker given half the CPU threads;
+(d) where a Slurm cluster answers (`bash .ci/slurm-cluster.sh start`): `suite sweep --executor slurm --workers 2`,
+    its wall time and the time from starting the sweep to its first record on disk.
 Each side writes into its own fresh results folder, so nothing is skipped.
 
-    python benchmarks/sweep.py           # about 2 min on 2 cores
+    python benchmarks/sweep.py           # about 3 min on 2 cores
 """
 from __future__ import annotations
 
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -39,6 +42,23 @@ def by_hand(results: Path) -> float:
     return sum(wall(["run", *grid(results, (m,)), "--no-progress"]) for m in MODELS)
 
 
+def slurm(results: Path) -> dict[str, float] | None:
+    """(d): wall time of the Slurm sweep and seconds to its first record; None without a cluster."""
+    if shutil.which("sinfo") is None or subprocess.run(["sinfo", "-h"], capture_output=True).returncode:
+        return None
+    start = time.perf_counter()
+    proc = subprocess.Popen([sys.executable, "-m", "suite.cli", "sweep", *grid(results, MODELS), "--workers", "2",
+                             "--executor", "slurm"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    first = None
+    while proc.poll() is None:
+        if first is None and list(results.glob("ptb/*/*.json")):
+            first = time.perf_counter() - start
+        time.sleep(0.05)
+    if proc.returncode:
+        raise SystemExit(f"the Slurm sweep failed (exit {proc.returncode}): see {results}/sweeps/logs")
+    return {"wall_s": time.perf_counter() - start, "first_record_s": first}
+
+
 def main() -> None:
     p = common.parser("sweep", __doc__)
     args = common.parse(p)
@@ -49,11 +69,16 @@ def main() -> None:
         figures["by_hand_s"] = hand = by_hand(root / "hand")
         figures["sweep_1_worker_s"] = one = wall(["sweep", *grid(root / "one", MODELS), "--workers", "1"])
         figures["sweep_2_workers_s"] = two = wall(["sweep", *grid(root / "two", MODELS), "--workers", "2"])
+        figures["slurm"] = cluster = slurm(root / "slurm")
     figures["overhead"], figures["speedup_2_workers"] = one / hand, one / two
-    common.print_table(f"{len(MODELS)} PTB smoke runs ({', '.join(SETS)})", ["how", "wall s", "ratio"],
-                       [["by hand, one after another", hand, 1.0], ["sweep --workers 1", one, one / hand],
-                        ["sweep --workers 2", two, two / hand]])
+    rows = [["by hand, one after another", hand, 1.0], ["sweep --workers 1", one, one / hand],
+            ["sweep --workers 2", two, two / hand]]
+    if cluster:
+        rows.append(["sweep --executor slurm --workers 2", cluster["wall_s"], cluster["wall_s"] / hand])
+    common.print_table(f"{len(MODELS)} PTB smoke runs ({', '.join(SETS)})", ["how", "wall s", "ratio"], rows)
     print(f"sweep overhead {one / hand - 1:+.1%}; --workers 2 speed-up {one / two:.2f}x")
+    print(f"slurm: first record {cluster['first_record_s']:.1f} s after the sweep started" if cluster else
+          "slurm: skipped (no cluster answers sinfo; bash .ci/slurm-cluster.sh start)")
     common.write_json(args.out, figures)
 
 

@@ -56,10 +56,17 @@ def parser() -> argparse.ArgumentParser:
         sweep.add_argument(f"--{key}", help=f"comma-separated {key}s" + (" or all" if key in ("task", "model") else ""))
     sweep.add_argument("--set", action="append", default=None, metavar="SECTION.KEY=VALUE",
                        help="an override for every run (repeatable)")
-    sweep.add_argument("--workers", type=int, help="runs at once (default 1)")
+    sweep.add_argument("--workers", type=int, help="runs at once (default 1; on Slurm the job array's limit)")
     sweep.add_argument("--results", type=Path, help="results directory (default results)")
     sweep.add_argument("--retry-failed", action="store_true", default=None, help="rerun runs whose record failed")
-    sweep.add_argument("--executor", help="local (the default)")
+    sweep.add_argument("--executor", help="local (the default: processes on this machine) or slurm (submitit)")
+    sweep.add_argument("--procs-per-run", type=int, help="DDP processes per run under torchrun (gloo on CPU)")
+    sweep.add_argument("--gpus-per-run", type=int, help="GPUs per run, one DDP process each")
+    sweep.add_argument("--cpus-per-run", type=int, help="Slurm: CPUs per job (default one per process)")
+    sweep.add_argument("--partition", help="Slurm partition")
+    sweep.add_argument("--account", help="Slurm account")
+    sweep.add_argument("--time", type=int, help="Slurm time limit per job in minutes (default 60; a longer run "
+                                                "checkpoints before the limit and is requeued)")
     sweep.add_argument("--dry-run", action="store_true", help="print the plan and stop")
     sweep.set_defaults(func=cmd_sweep)
     lst = sub.add_parser("list", help="tasks, models, budgets, precisions, variants and what applies where")
@@ -98,13 +105,17 @@ def cmd_sweep(args: argparse.Namespace) -> int:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
-    from suite import experiment
+    from suite import distributed, experiment
 
     task_cls, model_cls = registry.get("task", args.task), registry.get("model", args.model)
     experiment.check_applicable(task_cls, model_cls)
+    world = distributed.current()
+    if world.size > 1 and args.variant != "dense":
+        raise UserError("a variant compresses its parent in one process: run it without torchrun, with "
+                        "--parent RECORD.json naming the multi-process parent")
     cfg = build_config(args.task, args.model, budget=args.budget, overrides=args.set, options_cls=task_cls.Options,
                        presets=task_cls.presets, source=args.source, precision=args.precision, seed=args.seed,
-                       device=_resolved_device(args.device))
+                       device=_resolved_device(args.device), world_size=world.size)
     bar = False if args.no_progress else None
     try:
         if args.variant == "dense":
@@ -123,6 +134,8 @@ def cmd_run(args: argparse.Namespace) -> int:
         print(f"error: the run failed ({type(exc).__name__}: {exc}); its record has status failed; "
               "set SUITE_DEBUG=1 for the traceback", file=sys.stderr)
         return EXIT_RUN
+    if record is None:  # a torchrun rank other than 0: rank 0 writes the record and reports
+        return 0
     print(f"{record['status']}: {one_line(record)}\nrecord: {path}")
     for note in (record["variant"] or {}).get("notes", []):
         print(f"note: {note}", file=sys.stderr)

@@ -129,6 +129,8 @@ class RunConfig:
     device: str = "auto"
     finetune_units: int = 0
     """Pruning variants: units of fine-tuning with the mask fixed, at the parent's final learning rate."""
+    world_size: int = 1
+    """Processes training the run together under torchrun (DDP); train.batch_size is the global batch."""
     budget: Budget = field(default_factory=Budget)
     train: TrainConfig = field(default_factory=TrainConfig)
     backbone: BackboneConfig = field(default_factory=BackboneConfig)
@@ -146,6 +148,12 @@ class RunConfig:
             raise UserError("a variant run needs a dense parent, and a dense run has none")
         if self.finetune_units < 0 or (self.finetune_units and not self.variant.startswith("prune")):
             raise UserError("--finetune-units applies to prune-magnitude-* variants only and must be >= 0")
+        if self.world_size < 1:
+            raise UserError(f"world_size must be at least 1, got {self.world_size}")
+        if self.train.batch_size % self.world_size:
+            raise UserError(f"train.batch_size ({self.train.batch_size}) is the global batch and must divide evenly "
+                            f"over the {self.world_size} processes: set --set train.batch_size=N with N a multiple "
+                            f"of {self.world_size}")
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)

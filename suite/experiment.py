@@ -16,8 +16,9 @@ from typing import Any
 import torch
 from torch import nn
 
-from suite import compress, registry
+from suite import compress, distributed, registry
 from suite.config import Budget, RunConfig, config_from_dict
+from suite.distributed import World
 from suite.environment import fingerprint, peak_memory
 from suite.errors import UserError
 from suite.precision import PrecisionPolicy
@@ -52,26 +53,56 @@ def checkpoint_dir(results_dir: Path, run_id: str) -> Path:
     return Path(results_dir) / "checkpoints" / run_id
 
 
-def _setup(cfg: RunConfig) -> tuple[Task, nn.Module, torch.device]:
+def _setup(cfg: RunConfig, world: World = World()) -> tuple[Task, nn.Module, torch.device]:
     task_cls, model_cls = registry.get("task", cfg.task), registry.get("model", cfg.model)
     check_applicable(task_cls, model_cls)
-    device = resolve_device(cfg.device)
+    device = distributed.start(world, resolve_device(cfg.device))
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
     seed_everything(cfg.seed)
     task = task_cls(cfg, device)
+    task.world = world
     task.prepare()
     model = task.build(lambda n: model_cls(n, cfg.backbone)).to(device)
     return task, model, device
 
 
+def current_world(cfg: RunConfig) -> World:
+    """The processes this run was started with; they must be the ones its config (and run id) names."""
+    world = distributed.current()
+    if world.size != cfg.world_size:
+        raise UserError(f"the config names world_size {cfg.world_size} but {world.size} process(es) run it: "
+                        f"start it with torchrun --nproc_per_node {cfg.world_size}, or build the config with "
+                        f"world_size={world.size}")
+    return world
+
+
 def run(cfg: RunConfig, results_dir: Path, resume: bool = False, progress_bar: bool | None = None
         ) -> tuple[dict[str, Any], Path]:
-    """Train one dense run and write its record; returns (record, path)."""
-    task, model, device = _setup(cfg)
-    ckpt = checkpoint_dir(results_dir, cfg.run_id)
-    trainer = Trainer(cfg, task, model, device, ckpt, progress_bar=progress_bar)
-    record = base_record(cfg, task, model, device)
+    """Train one dense run and write its record; returns (record, path), or (None, None) on ranks other than 0
+    of a torchrun, which only train."""
+    world = current_world(cfg)
+    try:
+        task, model, device = _setup(cfg, world)
+        # Every rank computes the reference line (some tasks train a twin for it, cached): no rank waits that
+        # long for rank 0 at a collective, and one process draws from its RNG exactly as before training.
+        reference = task.reference()
+        if world.size > 1:
+            seed_everything(cfg.seed * 1000 + world.rank)  # the same weights and reference, then dropout of its own
+        trainer = Trainer(cfg, task, model, device, checkpoint_dir(results_dir, cfg.run_id),
+                          progress_bar=progress_bar, world=world)
+        if not world.main:
+            trainer.run(resume)
+            return None, None
+        record = base_record(cfg, task, model, device, reference=reference)
+        return _train_and_record(record, task, model, device, trainer, results_dir, resume)
+    finally:
+        distributed.stop(world)
+
+
+def _train_and_record(record: dict[str, Any], task: Task, model: nn.Module, device: torch.device,
+                      trainer: Trainer, results_dir: Path, resume: bool) -> tuple[dict[str, Any], Path]:
+    """Rank 0's part of a run: the record around training, the final evaluation and the output files."""
     record["throughput"]["reference_units_per_s"] = reference_throughput(device)
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)  # the reference loop's memory is not the run's
@@ -136,8 +167,8 @@ def base_record(cfg: RunConfig, task: Task, model: nn.Module, device: torch.devi
         "metrics": {}, "reference": task.reference() if reference is None else reference, "learning_curve": [],
         "budget_used": {"seconds": 0.0, "units": 0, "epochs": 0.0, "steps": 0, "max_seconds": None,
                         "unit_limit": None},
-        "throughput": {"unit": task.unit, "train_units_per_s": None, "eval_units_per_s": None,
-                       "reference_units_per_s": None, "normalized": None},
+        "throughput": {"unit": task.unit, "train_units_per_s": None, "per_device_units_per_s": None,
+                       "eval_units_per_s": None, "reference_units_per_s": None, "normalized": None},
         "memory": peak_memory(device), "variant": None, "checkpoint": None,
         "environment": fingerprint(device, cfg.seed),
     }
@@ -158,7 +189,9 @@ def fill_outcome(record: dict[str, Any], outcome: Outcome, trainer: Trainer, met
                              "unit_limit": None if limit == float("inf") else limit}
     train = (p.measured_units / p.measured_seconds) if p.measured_seconds else None
     reference = record["throughput"]["reference_units_per_s"]
-    record["throughput"].update(train_units_per_s=train, normalized=train / reference if train and reference else None,
+    per_device = train / trainer.world.size if train else None
+    record["throughput"].update(train_units_per_s=train, per_device_units_per_s=per_device,
+                                normalized=train / reference if train and reference else None,
                                 eval_units_per_s=(p.eval_units / p.eval_seconds) if p.eval_seconds else None)
 
 
@@ -185,7 +218,9 @@ def run_variant(variant: str, finetune_units: int, parent: dict[str, Any], paren
     """Compress the parent's best weights, fine-tune if asked, and measure against the parent."""
     task_cls = registry.get("task", parent["config"]["task"])
     parent_cfg = config_from_dict(parent["config"], task_cls.Options)
-    cfg = dataclasses.replace(parent_cfg, variant=variant, parent=parent["run_id"], finetune_units=finetune_units)
+    # A variant runs in one process, whatever its parent trained on.
+    cfg = dataclasses.replace(parent_cfg, variant=variant, parent=parent["run_id"], finetune_units=finetune_units,
+                              world_size=1)
     if variant.startswith("quant"):
         cfg = dataclasses.replace(cfg, device="cpu")  # torch.ao dynamic int8 kernels run on CPU only
     task, model, device = _setup(cfg)

@@ -41,9 +41,11 @@ def load_all(results_dir: Path) -> tuple[list[tuple[Path, dict[str, Any]]], list
 
 
 def device_class(record: dict[str, Any]) -> str:
-    """'cpu' or the GPU's name: runs compare only within one class (CPU speed is normalized instead)."""
-    env = record["environment"]
-    return env["device_name"] if env["device"].startswith("cuda") else "cpu"
+    """'cpu' or the GPU's name, with ' x N' for a run on N processes: runs compare only within one class (CPU
+    speed is normalized instead)."""
+    env, world = record["environment"], record["config"].get("world_size", 1)
+    name = env["device_name"] if env["device"].startswith("cuda") else "cpu"
+    return f"{name} x{world}" if world > 1 else name
 
 
 def dataset(record: dict[str, Any]) -> str:

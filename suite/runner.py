@@ -23,10 +23,15 @@ import numpy as np
 import torch
 from torch import nn
 
+from suite import distributed
 from suite.config import RunConfig
+from suite.distributed import World
 from suite.errors import UserError
 from suite.precision import PrecisionPolicy
 from tasks.base import Task
+
+STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGUSR2)
+"""Checkpoint, then stop: a kill, Ctrl-C, and Slurm's warning before a job's time limit (submitit's SIGUSR2)."""
 
 
 @dataclass
@@ -81,12 +86,18 @@ def evaluate(task: Task, model: nn.Module, policy: PrecisionPolicy, split: str) 
 
 
 class Trainer:
-    """Trains `model` on `task` under `cfg.budget`; checkpoints live in `ckpt_dir`."""
+    """Trains `model` on `task` under `cfg.budget`; checkpoints live in `ckpt_dir`.
+
+    Under torchrun every rank runs a Trainer over its shard of the data; units are summed over the ranks,
+    time is rank 0's, and only rank 0 writes files. The progress is therefore the same on every rank.
+    """
 
     def __init__(self, cfg: RunConfig, task: Task, model: nn.Module, device: torch.device, ckpt_dir: Path,
-                 clock: Callable[[], float] = time.perf_counter, progress_bar: bool | None = None):
+                 clock: Callable[[], float] = time.perf_counter, progress_bar: bool | None = None,
+                 world: World = World()):
         self.cfg, self.task, self.model, self.device, self.clock = cfg, task, model, device, clock
-        self.ckpt_dir = ckpt_dir
+        self.ckpt_dir, self.world = ckpt_dir, world
+        self.train_model = distributed.wrap(model, world, device)  # the step calls this; eval the bare model
         self.policy = PrecisionPolicy(cfg.precision, device)
         self.policy.check(model)
         self.params = [p for p in model.parameters() if p.requires_grad]
@@ -97,8 +108,9 @@ class Trainer:
         self.progress = Progress()
         self.carry: Any = None
         self.unit_limit, self.unit_reason = self._unit_limit()
-        self.show_bar = sys.stderr.isatty() if progress_bar is None else progress_bar
+        self.show_bar = world.main and (sys.stderr.isatty() if progress_bar is None else progress_bar)
         self._signal: int | None = None
+        self._last_checkpoint = 0.0
 
     @property
     def best_path(self) -> Path:
@@ -126,7 +138,7 @@ class Trainer:
             print(f"no checkpoint at {self.last_path}: starting from scratch", file=sys.stderr)
         # Signal handlers can only be set from the main thread; elsewhere the caller owns shutdown.
         main = threading.current_thread() is threading.main_thread()
-        old = {s: signal.signal(s, self._on_signal) for s in (signal.SIGTERM, signal.SIGINT)} if main else {}
+        old = {s: signal.signal(s, self._on_signal) for s in STOP_SIGNALS} if main else {}
         try:
             outcome = self._loop()
         finally:
@@ -141,7 +153,7 @@ class Trainer:
 
     def _loop(self) -> Outcome:
         p, bar = self.progress, _Bar(self) if self.show_bar else None
-        last_ckpt = self.clock()
+        self._last_checkpoint = self.clock()
         try:
             while True:
                 reason = self._stop_reason()
@@ -150,17 +162,16 @@ class Trainer:
                     return Outcome(status, reason, p)
                 batches = islice(iter(self.task.train_batches(p.epoch)), p.step_in_epoch, None)
                 for batch in _timed(batches, self.clock):
-                    loss = self._step(batch)
+                    loss, signum, checkpoint_due = self._step(batch)
                     if not math.isfinite(loss):
                         return Outcome("diverged", "non-finite loss", p)
                     if bar:
                         bar.update(loss)
-                    if self._signal is not None:
+                    if signum:
                         self._save_checkpoint()
-                        return Outcome("interrupted", signal.Signals(self._signal).name, p, self._signal)
-                    if self.clock() - last_ckpt >= self.cfg.budget.checkpoint_every_seconds:
+                        return Outcome("interrupted", signal.Signals(signum).name, p, signum)
+                    if checkpoint_due:
                         self._save_checkpoint()
-                        last_ckpt = self.clock()
                     every = self.cfg.budget.eval_every_units
                     if every and p.units - max(p.last_eval_units, 0) >= every:
                         self._maybe_evaluate()
@@ -172,25 +183,32 @@ class Trainer:
             if bar:
                 bar.close()
 
-    def _step(self, timed_batch: tuple[Any, float]) -> float:
+    def _step(self, timed_batch: tuple[Any, float]) -> tuple[float, int, bool]:
+        """One optimizer step; (mean loss over all ranks, signal received by any rank or 0, checkpoint due)."""
         batch, fetch_start = timed_batch
         p = self.progress
         with self.policy.autocast():
-            loss, units, self.carry = self.task.loss(self.model, batch, self.carry)
+            loss, units, self.carry = self.task.loss(self.train_model, batch, self.carry)
         value = loss.item()
-        if math.isfinite(value):
-            self.policy.step(loss, self.optimizer, self.params, self.cfg.train.clip)
+        # Every rank steps even on a non-finite loss (DDP's gradient all-reduce needs them all); the run then
+        # stops as diverged at once and its last weights are never evaluated.
+        self.policy.step(loss, self.optimizer, self.params, self.cfg.train.clip)
         seconds = self.clock() - fetch_start
+        due = self.clock() - self._last_checkpoint >= self.cfg.budget.checkpoint_every_seconds
+        rows = distributed.gather_rows([units, value * units, seconds, self._signal or 0, due], self.world,
+                                       self.device)  # (world, 5): every rank takes the same decisions
+        units, loss_sum = int(rows[:, 0].sum()), float(rows[:, 1].sum())
+        seconds, due = float(rows[0, 2]), bool(rows[0, 4])  # rank 0's clock
         p.steps += 1
         p.step_in_epoch += 1
         p.units += units
         p.seconds += seconds
-        p.loss_sum += value * units
+        p.loss_sum += loss_sum
         p.loss_count += units
         if p.steps > self.cfg.budget.warmup_steps:
             p.measured_units += units
             p.measured_seconds += seconds
-        return value
+        return loss_sum / units, int(rows[:, 3].max()), due
 
     def _end_epoch(self) -> None:
         p = self.progress
@@ -225,10 +243,17 @@ class Trainer:
         higher = self.task.metrics[self.task.primary_metric]
         if p.best is None or math.isnan(p.best) or (value > p.best if higher else value < p.best):
             p.best, p.best_units = value, p.units
-            atomic_save({"model": self.model.state_dict(), "units": p.units, "config": self.cfg.to_dict()},
-                        self.best_path)
+            if self.world.main:
+                    atomic_save({"model": self.model.state_dict(), "units": p.units, "config": self.cfg.to_dict()},
+                            self.best_path)
 
     def _save_checkpoint(self) -> None:
+        """Rank 0 writes the weights and progress (the same on every rank) and each rank's carry and RNG."""
+        ranks = distributed.gather_objects({"carry": distributed.to_cpu(self.carry), "rng": rng_state()},
+                                           self.world)
+        self._last_checkpoint = self.clock()
+        if not self.world.main:
+            return
         atomic_save({
             "config_digest": self.cfg.digest(),
             "model": self.model.state_dict(),
@@ -236,8 +261,7 @@ class Trainer:
             "scheduler": self.scheduler.state_dict(),
             "scaler": self.policy.state_dict(),
             "progress": dataclasses.asdict(self.progress),
-            "carry": self.carry,
-            "rng": rng_state(),
+            "ranks": ranks,
         }, self.last_path)
 
     def _load_checkpoint(self) -> None:
@@ -246,15 +270,16 @@ class Trainer:
         except Exception as exc:
             raise UserError(f"checkpoint {self.last_path} cannot be read ({exc}); delete it and run "
                             "without --resume") from None
-        if ckpt["config_digest"] != self.cfg.digest():
+        if ckpt.get("config_digest") != self.cfg.digest() or len(ckpt.get("ranks", ())) != self.world.size:
             raise UserError(f"checkpoint {self.last_path} belongs to a different config; run without --resume")
         self.model.load_state_dict(ckpt["model"])
         self.optimizer.load_state_dict(ckpt["optimizer"])
         self.scheduler.load_state_dict(ckpt["scheduler"])
         self.policy.load_state_dict(ckpt["scaler"])
         self.progress = Progress(**ckpt["progress"])
-        self.carry = ckpt["carry"]
-        set_rng_state(ckpt["rng"])
+        mine = ckpt["ranks"][self.world.rank]
+        self.carry = distributed.to_device(mine["carry"], self.device)
+        set_rng_state(mine["rng"])
 
 
 def _optimizer(cfg: RunConfig, params: list[nn.Parameter]) -> torch.optim.Optimizer:

@@ -8,8 +8,9 @@ run is the same `suite run` command in its own process, its output in `<results>
 Resumable by construction: a run's record path follows from its config (the run id ends in the config's
 hash), so a run whose record says completed or budget_exhausted is skipped, an interrupted one resumes from
 its checkpoint, and a failed one is left alone unless `--retry-failed`. Dense runs go first and their
-variants after, so a variant always finds its parent. Executors: `local` (`--workers N` processes, each given
-an equal share of the CPU threads, or one GPU each through CUDA_VISIBLE_DEVICES when there are enough).
+variants after, so a variant always finds its parent. Executors: `local` (suite/sweep_local.py: `--workers N`
+processes on this machine) and `slurm` (suite/sweep_slurm.py: submitit job arrays). With `--gpus-per-run` or
+`--procs-per-run` each run is launched under torchrun and trains with DDP.
 """
 from __future__ import annotations
 
@@ -17,16 +18,12 @@ import dataclasses
 import difflib
 import itertools
 import json
-import os
-import queue
 import signal
-import subprocess
 import sys
 import threading
 import time
 import tomllib
 from collections import Counter
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -36,10 +33,13 @@ from suite.config import BUDGETS, PRECISIONS, SOURCES, VARIANTS, RunConfig, buil
 from suite.errors import UserError
 
 GRID = ("task", "model", "source", "budget", "precision", "seed", "variant")
-SETTINGS = ("set", "workers", "results", "retry_failed", "executor")
+SETTINGS = ("set", "workers", "results", "retry_failed", "executor", "procs_per_run", "gpus_per_run",
+            "cpus_per_run", "partition", "account", "time")
 DEFAULTS: dict[str, Any] = {"source": ["real"], "budget": ["small"], "precision": ["fp32"], "seed": [1],
                             "variant": ["dense"], "set": [], "workers": 1, "results": "results",
-                            "retry_failed": False, "executor": "local"}
+                            "retry_failed": False, "executor": "local", "procs_per_run": None, "gpus_per_run": 0,
+                            "cpus_per_run": None, "partition": None, "account": None, "time": None}
+EXECUTORS = ("local", "slurm")
 FINISHED = ("completed", "budget_exhausted")
 
 
@@ -56,10 +56,16 @@ class Run:
     def run_id(self) -> str:
         if self.variant == "dense":
             return self.cfg.run_id
-        cfg = dataclasses.replace(self.cfg, variant=self.variant, parent=self.cfg.run_id)
+        # As experiment.run_variant does: one process, and the int8 kernels on the CPU.
+        cfg = dataclasses.replace(self.cfg, variant=self.variant, parent=self.cfg.run_id, world_size=1)
         if self.variant.startswith("quant"):
-            cfg = dataclasses.replace(cfg, device="cpu")  # as experiment.run_variant does
+            cfg = dataclasses.replace(cfg, device="cpu")
         return cfg.run_id
+
+    @property
+    def procs(self) -> int:
+        """Processes of this run: its world size (a variant runs in one)."""
+        return self.cfg.world_size if self.variant == "dense" else 1
 
     def record_path(self, results: Path) -> Path:
         return results / self.cfg.task / self.cfg.model / f"{self.run_id}.json"
@@ -67,9 +73,20 @@ class Run:
     def argv(self, results: Path) -> list[str]:
         c = self.cfg
         sets = [a for s in self.sets for a in ("--set", s)]
-        return ["run", "--task", c.task, "--model", c.model, "--source", c.source, "--budget", c.budget_name,
+        argv = ["run", "--task", c.task, "--model", c.model, "--source", c.source, "--budget", c.budget_name,
                 "--precision", c.precision, "--seed", str(c.seed), "--device", c.device, "--variant", self.variant,
                 "--no-progress", "--results", str(results), *sets]
+        if self.variant != "dense" and c.world_size > 1:  # the flags alone name the one-process parent
+            argv += ["--parent", str(Run(c, "dense", self.sets).record_path(results))]
+        return argv
+
+    def command(self, results: Path, resume: bool = False) -> list[str]:
+        """The process to start: `suite run ...`, under torchrun when the run has several processes."""
+        launcher = [sys.executable, "-m", "suite.cli"]
+        if self.procs > 1:
+            launcher = [sys.executable, "-m", "torch.distributed.run", "--standalone",
+                        f"--nproc_per_node={self.procs}", "-m", "suite.cli"]
+        return [*launcher, *self.argv(results), *(["--resume"] if resume and self.variant == "dense" else [])]
 
 
 def load_spec(path: Path) -> dict[str, Any]:
@@ -124,6 +141,7 @@ def plan(spec: dict[str, Any], device: str) -> tuple[list[Run], list[str]]:
     from suite.experiment import applicable_models
 
     grid = {key: grid_values(spec, key) for key in GRID}
+    world = procs_per_run(spec)
     sets = spec.get("set", DEFAULTS["set"])
     sets = [sets] if isinstance(sets, str) else list(sets)
     dense, variants, dropped = [], [], []
@@ -136,7 +154,7 @@ def plan(spec: dict[str, Any], device: str) -> tuple[list[Run], list[str]]:
                                                                  grid["seed"]):
             cfg = build_config(task, model, budget=budget, overrides=sets, options_cls=task_cls.Options,
                                presets=task_cls.presets, source=source, precision=precision, seed=seed,
-                               device=device)
+                               device=device, world_size=world)
             dense.append(Run(cfg, "dense", tuple(sets)))  # a variant's parent is planned with it
             variants += [Run(cfg, v, tuple(sets)) for v in grid["variant"] if v != "dense"]
     if not dense:
@@ -145,9 +163,28 @@ def plan(spec: dict[str, Any], device: str) -> tuple[list[Run], list[str]]:
     return list(unique.values()), dropped
 
 
+def count(spec: dict[str, Any], key: str, least: int) -> int | None:
+    """A whole-number setting of the sweep, at least `least`, or None when unset."""
+    value = spec.get(key, DEFAULTS[key])
+    if value is not None and (not isinstance(value, int) or isinstance(value, bool) or value < least):
+        raise UserError(f"--{key.replace('_', '-')} must be a whole number >= {least}, got {value!r}")
+    return value
+
+
+def procs_per_run(spec: dict[str, Any]) -> int:
+    """DDP processes per run: one per GPU with --gpus-per-run, else --procs-per-run (CPU gloo), else one."""
+    gpus, procs = count(spec, "gpus_per_run", 0), count(spec, "procs_per_run", 1)
+    if gpus and procs and procs != gpus:
+        raise UserError(f"--procs-per-run {procs} and --gpus-per-run {gpus} disagree: a run has one process per GPU")
+    return gpus or procs or 1
+
+
 def state(run: Run, results: Path) -> str:
     """done, failed (also diverged), interrupted, or todo: from the run's record, if it has one."""
-    path = run.record_path(results)
+    return record_state(run.record_path(results))
+
+
+def record_state(path: Path) -> str:
     if not path.is_file():
         return "todo"
     try:
@@ -175,7 +212,7 @@ class Progress:
         with self.lock:
             self.counts[outcome] += 1
             self.running -= ran
-            finished = sum(self.counts.values())
+            finished = sum(n for kind, n in self.counts.items() if kind != "requeued")  # requeued runs come back
             elapsed = time.monotonic() - self.started
             executed = finished - self.counts["skipped"]
             left = self.total - finished
@@ -186,112 +223,88 @@ class Progress:
                   flush=True)
 
 
-def execute(runs: list[Run], results: Path, workers: int, retry_failed: bool) -> Counter:
-    """Run what is not done yet, dense runs before variants, `workers` at a time; outcome counts."""
-    progress = Progress(len(runs))
-    slots: queue.Queue[dict[str, str]] = queue.Queue()
-    for env in worker_envs(workers):
-        slots.put(env)
-    for phase in ([r for r in runs if r.variant == "dense"], [r for r in runs if r.variant != "dense"]):
-        with ThreadPoolExecutor(max_workers=workers) as pool:
-            for _ in pool.map(lambda run: _one(run, results, retry_failed, slots, progress), phase):
-                pass
-    return progress.counts
+def phases(runs: list[Run]) -> tuple[list[Run], list[Run]]:
+    """Dense runs, then variants: a variant always finds its parent finished."""
+    return [r for r in runs if r.variant == "dense"], [r for r in runs if r.variant != "dense"]
 
 
-def worker_envs(workers: int) -> list[dict[str, str]]:
-    """Environment of each worker slot: an equal share of the CPU threads, and a GPU each (round robin)."""
-    import torch
-
-    threads = str(max(1, len(os.sched_getaffinity(0)) // workers))  # the cores this process may use
-    envs = [{"OMP_NUM_THREADS": threads, "MKL_NUM_THREADS": threads} for _ in range(workers)]
-    gpus = torch.cuda.device_count() if torch.cuda.is_available() else 0
-    for i, env in enumerate(envs if gpus and workers > 1 else []):
-        env["CUDA_VISIBLE_DEVICES"] = str(i % gpus)  # round robin when workers outnumber GPUs
-    return envs
+def log_path(run: Run, results: Path) -> Path:
+    log = results / "sweeps" / "logs" / f"{run.run_id}.log"
+    log.parent.mkdir(parents=True, exist_ok=True)
+    return log
 
 
-def _one(run: Run, results: Path, retry_failed: bool, slots: queue.Queue, progress: Progress) -> None:
+def should_run(run: Run, results: Path, retry_failed: bool, progress: Progress) -> bool:
+    """False (reported as skipped or failed) for a run that is done, failed before, has no parent, or comes
+    after a signal stopped the sweep."""
     now = state(run, results)
     if STOPPING.is_set():
         progress.report("skipped", run, ": the sweep was stopped")
-        return
+        return False
     if now == "done" or (now == "failed" and not retry_failed):
         progress.report("skipped", run, "" if now == "done" else " (failed before: --retry-failed reruns it)")
-        return
+        return False
     if run.variant != "dense" and state(Run(run.cfg, "dense", run.sets), results) != "done":
         progress.report("failed", run, ": its dense parent did not finish")
-        return
-    argv = run.argv(results) + (["--resume"] if now == "interrupted" and run.variant == "dense" else [])
-    log = results / "sweeps" / "logs" / f"{run.run_id}.log"
-    log.parent.mkdir(parents=True, exist_ok=True)
-    env = slots.get()
-    try:
-        if STOPPING.is_set():  # a signal arrived while this run waited for a slot
-            progress.report("skipped", run, ": the sweep was stopped")
-            return
-        progress.start()
-        with open(log, "w") as out:
-            code = _child([sys.executable, "-m", "suite.cli", *argv], out, {**os.environ, **env})
-    finally:
-        slots.put(env)
-    after = state(run, results)
-    outcome = "done" if code == 0 and after == "done" else "interrupted" if after == "interrupted" else "failed"
-    progress.report(outcome, run, "" if outcome == "done" else f": exit {code}, log {log}", ran=True)
+        return False
+    return True
 
 
 STOPPING = threading.Event()
-_children: set[subprocess.Popen] = set()
-_lock = threading.Lock()
-
-
-def _child(argv: list[str], out: Any, env: dict[str, str]) -> int:
-    """Run one `suite run` process to its end; it is known to the signal handler while it runs."""
-    with _lock:
-        # Own session: a terminal's Ctrl-C reaches the sweep only, which forwards it once to each run.
-        proc = subprocess.Popen(argv, stdout=out, stderr=subprocess.STDOUT, env=env, start_new_session=True)
-        _children.add(proc)
-        if STOPPING.is_set():  # the signal came between the check and the start
-            proc.terminate()
-    try:
-        return proc.wait()
-    finally:
-        with _lock:
-            _children.discard(proc)
+LOCK = threading.RLock()  # re-entrant: the signal handler may run in the thread that holds it
+"""Held while a run or job starts and while a signal is passed on, so that none is missed."""
 
 
 def _forward(signum: int, _frame: Any) -> None:
-    """SIGTERM/SIGINT: pass it to every running run, which checkpoints and writes an interrupted record;
-    queued runs do not start. A restarted sweep resumes the interrupted ones."""
+    """SIGTERM/SIGINT: pass it to every running run (local) or cancel every job (Slurm, whose SIGTERM reaches
+    the run); each run checkpoints and writes an interrupted record, queued runs do not start, and the same
+    sweep started again resumes them."""
+    from suite import sweep_local, sweep_slurm
+
     STOPPING.set()
-    with _lock:
-        for proc in _children:
-            proc.send_signal(signum)
+    with LOCK:
+        sweep_local.stop(signum)
+        sweep_slurm.stop()
+
+
+def settings(spec: dict[str, Any]) -> tuple[str, int]:
+    """(executor, workers), checked."""
+    executor = spec.get("executor", DEFAULTS["executor"])
+    if executor not in EXECUTORS:
+        close = difflib.get_close_matches(str(executor), EXECUTORS, n=1)
+        hint = f"did you mean {close[0]!r}?" if close else f"choose from {', '.join(EXECUTORS)}"
+        raise UserError(f"unknown executor {executor!r}: {hint}")
+    workers = count(spec, "workers", 1)
+    for key in ("cpus_per_run", "time"):
+        count(spec, key, 1)
+    for key in ("partition", "account"):
+        if spec.get(key) is not None and not isinstance(spec[key], str):
+            raise UserError(f"--{key} must be a name, got {spec[key]!r}")
+    if executor == "local" and any(spec.get(k) is not None for k in ("partition", "account", "time", "cpus_per_run")):
+        raise UserError("--partition, --account, --time and --cpus-per-run are Slurm settings: add --executor slurm")
+    return executor, workers
 
 
 def main(spec: dict[str, Any], dry_run: bool) -> int:
     """Plan, print the plan, and (unless `dry_run`) run it; the leaderboard is rebuilt at the end."""
     from suite.cli import _resolved_device
 
-    if spec.get("executor", "local") != "local":
-        raise UserError(f"unknown executor {spec['executor']!r}: this version runs sweeps with executor local")
-    workers = spec.get("workers", DEFAULTS["workers"])
-    if not isinstance(workers, int) or isinstance(workers, bool) or workers < 1:
-        raise UserError(f"--workers must be >= 1, got {workers}")
+    executor, workers = settings(spec)
     results = Path(spec.get("results", DEFAULTS["results"]))
     runs, dropped = plan(spec, _resolved_device("auto"))
     for line in dropped:
         print(line)
     states = Counter(state(r, results) for r in runs)
-    print(f"plan: {len(runs)} runs ({', '.join(f'{n} {s}' for s, n in sorted(states.items()))}), {workers} worker(s)")
+    print(f"plan: {len(runs)} runs ({', '.join(f'{n} {s}' for s, n in sorted(states.items()))}), "
+          f"{workers} at once, executor {executor}")
     if dry_run:
         for run in runs:
-            print(f"  {state(run, results):<11} suite {' '.join(run.argv(results))}")
+            print(f"  {state(run, results):<11} {' '.join(run.command(results))}")
         return 0
     STOPPING.clear()
     old = {signum: signal.signal(signum, _forward) for signum in (signal.SIGTERM, signal.SIGINT)}
     try:
-        counts = execute(runs, results, workers, bool(spec.get("retry_failed", False)))
+        counts = _execute(executor, runs, results, workers, spec)
     finally:
         for signum, handler in old.items():
             signal.signal(signum, handler)
@@ -303,6 +316,15 @@ def main(spec: dict[str, Any], dry_run: bool) -> int:
     _leaderboard(results)
     unfinished = sum(state(r, results) != "done" for r in runs)  # failures left from before count too
     return 1 if unfinished else 0
+
+
+def _execute(executor: str, runs: list[Run], results: Path, workers: int, spec: dict[str, Any]) -> Counter:
+    from suite import sweep_local, sweep_slurm
+
+    progress, retry = Progress(len(runs)), bool(spec.get("retry_failed", False))
+    if executor == "slurm":
+        return sweep_slurm.execute(runs, results, spec, workers, retry, progress)
+    return sweep_local.execute(runs, results, workers, retry, progress, count(spec, "gpus_per_run", 0) or 0)
 
 
 def summary(runs: list[Run], results: Path) -> list[str]:

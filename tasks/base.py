@@ -5,10 +5,12 @@ from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any, ClassVar
 
+import numpy as np
 import torch
 from torch import nn
 
 from suite.config import RunConfig
+from suite.distributed import World
 
 BackboneFactory = Callable[[int], nn.Module]  # input feature size -> backbone (see baselines/)
 
@@ -32,8 +34,19 @@ class Task:
     presets: ClassVar[dict[str, dict[str, Any]]] = {}
     """Per-budget config overrides, e.g. {"paper": {"backbone.hidden_size": 650}}."""
 
+    world: World = World()
+    """This process's place in a torchrun (set by the caller before `prepare`); one process by default."""
+
     def __init__(self, cfg: RunConfig, device: torch.device):
         self.cfg, self.device = cfg, device
+
+    def shard(self, index: np.ndarray) -> np.ndarray:
+        """This rank's contiguous part of one global training batch of sample indices (all of it in one
+        process). A batch smaller than the world wraps around, so that every rank has a sample to step on."""
+        size = self.world.size
+        if size == 1:
+            return index
+        return np.array_split(np.resize(index, max(len(index), size)), size)[self.world.rank]
 
     def prepare(self) -> None:
         """Load or generate the data of `cfg.source`; raise DataError with the fix when it is missing."""
@@ -47,10 +60,12 @@ class Task:
         raise NotImplementedError
 
     def units_per_epoch(self) -> int:
+        """Training units in one pass over the whole training split (all ranks together)."""
         raise NotImplementedError
 
     def train_batches(self, epoch: int) -> Iterable[Any]:
-        """The batches of one epoch, deterministic in (seed, epoch) so that a resumed run can skip ahead."""
+        """The batches of one epoch, deterministic in (seed, epoch) so that a resumed run can skip ahead; under
+        torchrun each rank's part of them (`shard`), the same number of batches on every rank."""
         raise NotImplementedError
 
     def loss(self, model: nn.Module, batch: Any, carry: Any) -> tuple[torch.Tensor, int, Any]:

@@ -61,9 +61,12 @@ class Captioner(nn.Module):
         self.drop = nn.Dropout(dropout)
         self.out = nn.Linear(self.hidden, vocab_size)
 
-    def forward(self, images: Tensor, tgt_in: Tensor) -> Tensor:
-        """Teacher forcing: logits (B, T, V) of each next word given the image and the previous words."""
-        return self.teacher_forced(images, tgt_in)[0]
+    def forward(self, images: Tensor, tgt_in: Tensor, with_attention: bool = False
+                ) -> Tensor | tuple[Tensor, Tensor | None]:
+        """Teacher forcing: logits (B, T, V) of each next word given the image and the previous words, and
+        the attention weights with `with_attention` (the training loss calls forward, so that DDP sees it)."""
+        logits, weights = self.teacher_forced(images, tgt_in)
+        return (logits, weights) if with_attention else logits
 
     def teacher_forced(self, images: Tensor, tgt_in: Tensor) -> tuple[Tensor, Tensor | None]:
         """(logits (B, T, V), attention weights (B, T, N) or None)."""

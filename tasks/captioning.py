@@ -224,11 +224,12 @@ class Captioning(Task):
     def train_batches(self, epoch: int) -> Iterator[tuple]:
         rng = np.random.default_rng([self.cfg.seed, epoch])  # deterministic in (seed, epoch) for resume
         lengths = np.array([len(x) for x in self.pairs["train"][1]])
-        return (self._batch("train", index) for index in bucket_order(lengths, self.cfg.train.batch_size, 20, rng))
+        order = bucket_order(lengths, self.cfg.train.batch_size, 20, rng)
+        return (self._batch("train", self.shard(index)) for index in order)
 
     def loss(self, model: nn.Module, batch: Any, carry: Any) -> tuple[torch.Tensor, int, Any]:
         images, tgt_in, tgt_out = batch
-        logits, weights = model.teacher_forced(images, tgt_in)  # (B, T, V), (B, T, N) | None
+        logits, weights = model(images, tgt_in, with_attention=True)  # (B, T, V), (B, T, N) | None
         loss = F.cross_entropy(logits.flatten(0, 1).float(), tgt_out.flatten(), ignore_index=PAD)
         if weights is not None and self.cfg.options.alpha_c:
             loss = loss + self.cfg.options.alpha_c * doubly_stochastic_penalty(weights.float(), tgt_out)

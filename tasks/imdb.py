@@ -258,7 +258,7 @@ class IMDB(Task):
     def train_batches(self, epoch: int) -> Iterator[tuple]:
         rng = np.random.default_rng([self.cfg.seed, epoch])  # deterministic in (seed, epoch) for resume
         order = bucket_order(self.lengths["train"], self.cfg.train.batch_size, self.cfg.options.bucket_batches, rng)
-        return (collate(self.ids["train"], self.labels["train"], index, self.device) for index in order)
+        return (collate(self.ids["train"], self.labels["train"], self.shard(index), self.device) for index in order)
 
     def eval_batches(self, split: str) -> Iterator[tuple]:
         """Batches of the split sorted by length: the least padding there can be."""

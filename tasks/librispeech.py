@@ -251,6 +251,7 @@ class LibriSpeech(Task):
     def train_batches(self, epoch: int) -> Iterator[tuple]:
         rng = np.random.default_rng([self.cfg.seed, epoch])  # deterministic in (seed, epoch) for resume
         for index in duration_buckets(self.frames["train"] / 100, self.cfg.options.batch_seconds, rng):
+            index = self.shard(index)
             feats = [self._features("train", int(i), self.cfg.options.spec_augment) for i in index]
             batch = self._collate(feats, [self.targets["train"][int(i)] for i in index])
             yield (*batch, int(self.frames["train"][index].sum()))

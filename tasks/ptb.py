@@ -141,7 +141,9 @@ class PTB(Task):
         tokens = self._real() if self.cfg.source == "real" else self._synthetic(opts)
         self.tokens = {s: torch.as_tensor(t, dtype=torch.long) for s, t in tokens.items()}
         train = self.cfg.train
-        self.train_data = batchify(self.tokens["train"], train.batch_size).to(self.device)
+        streams = batchify(self.tokens["train"], train.batch_size)  # (B, N): the global batch
+        self.train_units = (streams.size(1) - 1) * streams.size(0)
+        self.train_data = streams[self.shard(np.arange(train.batch_size))].to(self.device)  # this rank's rows
         self.eval_data = {s: batchify(self.tokens[s], train.eval_batch_size).to(self.device)
                           for s in ("valid", "test")}
         if self.train_data.size(1) < 2 or any(d.size(1) < 2 for d in self.eval_data.values()):
@@ -175,7 +177,7 @@ class PTB(Task):
         return LanguageModel(len(self.vocab), self.cfg.options, make_backbone)
 
     def units_per_epoch(self) -> int:
-        return (self.train_data.size(1) - 1) * self.train_data.size(0)
+        return self.train_units
 
     def train_batches(self, epoch: int) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         bptt = self.cfg.options.bptt

@@ -272,7 +272,7 @@ class Translation(Task):
         rng = np.random.default_rng([self.cfg.seed, epoch])  # deterministic in (seed, epoch) for resume
         train = self.splits["train"]
         order = bucket_order(train.src_lengths, self.cfg.train.batch_size, self.cfg.options.bucket_batches, rng)
-        return (collate(train, index, self.device) for index in order)
+        return (collate(train, self.shard(index), self.device) for index in order)
 
     def eval_batches(self, split: str) -> Iterator[tuple[np.ndarray, tuple]]:
         """(indices, batch) in source-length order: the least padding there can be."""

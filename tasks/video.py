@@ -268,7 +268,7 @@ class Video(Task):
     def train_batches(self, epoch: int) -> Iterator[tuple]:
         rng = np.random.default_rng([self.cfg.seed, epoch])  # deterministic in (seed, epoch) for resume
         order, size = rng.permutation(len(self.targets["train"])), self.cfg.train.batch_size
-        return (self._batch("train", order[i:i + size], rng) for i in range(0, len(order), size))
+        return (self._batch("train", self.shard(order[i:i + size]), rng) for i in range(0, len(order), size))
 
     def loss(self, model: nn.Module, batch: Any, carry: Any) -> tuple[torch.Tensor, int, Any]:
         frames, lengths, targets = batch

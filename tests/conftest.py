@@ -89,3 +89,28 @@ def cache(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     monkeypatch.setenv("SUITE_DATA_DIR", str(tmp_path / "cache"))
     monkeypatch.delenv("SUITE_DATA_MIRROR", raising=False)
     return tmp_path / "cache"
+
+
+@pytest.fixture(scope="session")
+def slurm_cluster() -> str:
+    """A real single-node Slurm cluster with accounting, started by .ci/slurm-cluster.sh (which installs it with
+    apt when missing). Skips with the reason where it cannot run (not root, no apt); under CI=true it must."""
+    import os
+    import shutil
+    import subprocess
+
+    script = Path(__file__).resolve().parents[1] / ".ci" / "slurm-cluster.sh"
+    reason = None
+    if os.geteuid() != 0:
+        reason = "starting a Slurm cluster needs root (bash .ci/slurm-cluster.sh start)"
+    elif shutil.which("sbatch") is None and shutil.which("apt-get") is None:
+        reason = "no Slurm and no apt-get to install it"
+    else:
+        started = subprocess.run(["bash", str(script), "start"], capture_output=True, text=True, timeout=900)
+        if started.returncode:
+            reason = f"the Slurm cluster did not start: {(started.stderr or started.stdout).strip()[-400:]}"
+    if reason and os.environ.get("CI") == "true":
+        pytest.fail(f"CI must run the Slurm tests: {reason}")
+    if reason:
+        pytest.skip(reason)
+    return subprocess.run(["hostname", "-s"], capture_output=True, text=True).stdout.strip()

@@ -130,3 +130,40 @@ def test_a_sweep_killed_by_a_signal_resumes_and_ends_with_every_record_once(tmp_
     found = records(results)
     assert sorted(r["config"]["model"] for r in found) == ["gru", "lstm", "resrnn", "rnn"]  # each exactly once
     assert all(r["status"] in ("completed", "budget_exhausted") for r in found)
+
+
+@pytest.mark.parametrize("given, message", [
+    ({"executor": "slurmm"}, "unknown executor 'slurmm': did you mean 'slurm'?"),
+    ({"partition": "gpu"}, "are Slurm settings: add --executor slurm"),
+    ({"procs_per_run": 2, "gpus_per_run": 4}, "--procs-per-run 2 and --gpus-per-run 4 disagree"),
+    ({"procs_per_run": 0}, "--procs-per-run must be a whole number >= 1, got 0"),
+    ({"procs_per_run": 3}, r"train.batch_size \(4\) is the global batch and must divide evenly over the 3"),
+    ({"workers": 0}, "--workers must be a whole number >= 1"),
+    ({"executor": "slurm", "time": "1h"}, "--time must be a whole number >= 1, got '1h'"),
+])
+def test_bad_executor_settings_fail_before_anything_runs(tmp_path: Path, given: dict, message: str) -> None:
+    with pytest.raises(UserError, match=message):
+        sweep.main(spec(tmp_path, **given), dry_run=True)
+
+
+def test_gpus_per_run_needs_that_many_gpus_per_worker() -> None:
+    from suite import sweep_local
+
+    with pytest.raises(UserError, match="--gpus-per-run 2 x --workers 2 needs 4 GPUs and 0 are visible"):
+        sweep_local.worker_envs(2, 2, gpus_per_run=2)
+    envs = sweep_local.worker_envs(1, 2)
+    assert envs[0]["OMP_NUM_THREADS"] == str(max(1, len(os.sched_getaffinity(0)) // 2))  # a share per process
+
+
+@pytest.mark.slow
+def test_a_local_sweep_trains_each_run_on_two_processes(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    given = spec(tmp_path, model="gru", procs_per_run=2, variant="dense,quant-dynamic-int8")
+    assert sweep.main(given, dry_run=True) == 0
+    shown = capsys.readouterr().out
+    assert "-m torch.distributed.run --standalone --nproc_per_node=2 -m suite.cli run --task ptb --model gru" in shown
+    assert sweep.main(given, dry_run=False) == 0
+    found = {r["config"]["variant"]: r for r in records(tmp_path / "results")}
+    assert found["dense"]["config"]["world_size"] == 2 and found["dense"]["status"] == "completed"
+    assert found["dense"]["throughput"]["per_device_units_per_s"] > 0
+    variant = found["quant-dynamic-int8"]  # compressed in one process, from the two-process parent
+    assert variant["config"]["world_size"] == 1 and variant["variant"]["parent_run_id"] == found["dense"]["run_id"]
