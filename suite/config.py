@@ -159,12 +159,18 @@ class RunConfig:
         return dataclasses.asdict(self)
 
     def digest(self) -> str:
-        return hashlib.sha256(json.dumps(self.to_dict(), sort_keys=True).encode()).hexdigest()
+        return hashlib.sha256(json.dumps(identity(self.to_dict()), sort_keys=True).encode()).hexdigest()
 
     @property
     def run_id(self) -> str:
         parts = [self.task, self.model, self.budget_name, self.precision, self.variant, self.source]
         return "-".join([*parts, f"s{self.seed}", self.digest()[:8]])
+
+
+def identity(config: dict[str, Any]) -> dict[str, Any]:
+    """The config fields that name a run: world_size only when it is not 1, so that one-process runs keep the
+    ids (and leaderboard rows) they had before the field existed."""
+    return {k: v for k, v in config.items() if k != "world_size" or v != 1}
 
 
 def _choose(what: str, value: str, allowed: tuple[str, ...]) -> None:

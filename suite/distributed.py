@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import datetime as dt
 import os
+import threading
 from dataclasses import dataclass
 from typing import Any
 
@@ -56,16 +57,25 @@ def start(world: World, device: torch.device) -> torch.device:
     if world.size == 1:
         return device
     if device.type == "cuda":
+        if world.local_rank >= torch.cuda.device_count():
+            raise UserError(f"local rank {world.local_rank} has no GPU ({torch.cuda.device_count()} visible): start "
+                            "at most one process per GPU, or run on the CPU with --device cpu")
         device = torch.device("cuda", world.local_rank)
         torch.cuda.set_device(device)
     if not dist.is_initialized():
         dist.init_process_group("nccl" if device.type == "cuda" else "gloo", timeout=TIMEOUT)
+        _made_here.set()
     return device
 
 
+_made_here = threading.Event()
+"""Set while the process group is one `start` made: `stop` leaves only that one, never a caller's own."""
+
+
 def stop(world: World) -> None:
-    if world.size > 1 and dist.is_initialized():
+    if world.size > 1 and dist.is_initialized() and _made_here.is_set():
         dist.destroy_process_group()
+        _made_here.clear()
 
 
 def wrap(model: nn.Module, world: World, device: torch.device) -> nn.Module:
@@ -78,9 +88,9 @@ def wrap(model: nn.Module, world: World, device: torch.device) -> nn.Module:
 
 def gather_rows(values: list[float], world: World, device: torch.device) -> torch.Tensor:
     """Every rank's `values` as rows of a (world, k) float64 CPU tensor, in rank order."""
-    row = torch.tensor(values, dtype=torch.float64, device=device if device.type == "cuda" else "cpu")
     if world.size == 1:
-        return row[None].cpu()
+        return torch.tensor([values], dtype=torch.float64)
+    row = torch.tensor(values, dtype=torch.float64, device=device if device.type == "cuda" else "cpu")
     rows = [torch.empty_like(row) for _ in range(world.size)]
     dist.all_gather(rows, row)
     return torch.stack(rows).cpu()

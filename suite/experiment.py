@@ -56,6 +56,8 @@ def checkpoint_dir(results_dir: Path, run_id: str) -> Path:
 def _setup(cfg: RunConfig, world: World = World()) -> tuple[Task, nn.Module, torch.device]:
     task_cls, model_cls = registry.get("task", cfg.task), registry.get("model", cfg.model)
     check_applicable(task_cls, model_cls)
+    if world.size > 1 and not task_cls.shards:
+        raise UserError(f"task {cfg.task} does not split its batches over processes: run it without torchrun")
     device = distributed.start(world, resolve_device(cfg.device))
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
@@ -93,7 +95,7 @@ def run(cfg: RunConfig, results_dir: Path, resume: bool = False, progress_bar: b
                           progress_bar=progress_bar, world=world)
         if not world.main:
             trainer.run(resume)
-            return None, None
+            return None, None  # the group is left together with rank 0, which then evaluates alone
         record = base_record(cfg, task, model, device, reference=reference)
         return _train_and_record(record, task, model, device, trainer, results_dir, resume)
     finally:
@@ -109,6 +111,7 @@ def _train_and_record(record: dict[str, Any], task: Task, model: nn.Module, devi
     path = record_path(results_dir, record)
     try:
         outcome = trainer.run(resume)
+        distributed.stop(trainer.world)  # every rank leaves the group at the same point (NCCL expects it)
     except UserError:
         raise
     except Exception as exc:  # keep what we know about a crashed run, then let the CLI report it

@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from suite import registry
+from suite.config import identity
 from suite.errors import UserError
 from suite.results import atomic_write_text, load_record
 
@@ -56,7 +57,7 @@ def dataset(record: dict[str, Any]) -> str:
 
 def config_digest(record: dict[str, Any]) -> str:
     """Hash of the config without seed and device: seeds of one setting aggregate into one row."""
-    cfg = {k: v for k, v in record["config"].items() if k not in ("seed", "device", "parent")}
+    cfg = {k: v for k, v in identity(record["config"]).items() if k not in ("seed", "device", "parent")}
     return hashlib.sha256(json.dumps(cfg, sort_keys=True).encode()).hexdigest()[:8]
 
 

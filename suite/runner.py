@@ -132,7 +132,11 @@ class Trainer:
     def run(self, resume: bool = False) -> Outcome:
         """Train until a budget limit, a signal or a non-finite loss; always ends with a validation eval."""
         self.ckpt_dir.mkdir(parents=True, exist_ok=True)
-        if resume and self.last_path.exists():
+        found = distributed.gather_rows([resume and self.last_path.exists()], self.world, self.device)[:, 0]
+        if found.min() != found.max():
+            raise UserError(f"only some ranks see the checkpoint {self.last_path}: put --results on a file system "
+                            "that every node shares")
+        if found[0]:
             self._load_checkpoint()
         elif resume:
             print(f"no checkpoint at {self.last_path}: starting from scratch", file=sys.stderr)
@@ -244,7 +248,7 @@ class Trainer:
         if p.best is None or math.isnan(p.best) or (value > p.best if higher else value < p.best):
             p.best, p.best_units = value, p.units
             if self.world.main:
-                    atomic_save({"model": self.model.state_dict(), "units": p.units, "config": self.cfg.to_dict()},
+                atomic_save({"model": self.model.state_dict(), "units": p.units, "config": self.cfg.to_dict()},
                             self.best_path)
 
     def _save_checkpoint(self) -> None:
@@ -270,14 +274,15 @@ class Trainer:
         except Exception as exc:
             raise UserError(f"checkpoint {self.last_path} cannot be read ({exc}); delete it and run "
                             "without --resume") from None
-        if ckpt.get("config_digest") != self.cfg.digest() or len(ckpt.get("ranks", ())) != self.world.size:
+        if ckpt.get("config_digest") != self.cfg.digest() or len(ckpt.get("ranks", [None])) != self.world.size:
             raise UserError(f"checkpoint {self.last_path} belongs to a different config; run without --resume")
         self.model.load_state_dict(ckpt["model"])
         self.optimizer.load_state_dict(ckpt["optimizer"])
         self.scheduler.load_state_dict(ckpt["scheduler"])
         self.policy.load_state_dict(ckpt["scaler"])
         self.progress = Progress(**ckpt["progress"])
-        mine = ckpt["ranks"][self.world.rank]
+        ranks = ckpt["ranks"] if "ranks" in ckpt else [{"carry": ckpt["carry"], "rng": ckpt["rng"]}]  # older format
+        mine = ranks[self.world.rank]
         self.carry = distributed.to_device(mine["carry"], self.device)
         set_rng_state(mine["rng"])
 

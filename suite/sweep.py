@@ -83,9 +83,10 @@ class Run:
     def command(self, results: Path, resume: bool = False) -> list[str]:
         """The process to start: `suite run ...`, under torchrun when the run has several processes."""
         launcher = [sys.executable, "-m", "suite.cli"]
-        if self.procs > 1:
+        if self.procs > 1:  # torchrun passes Slurm's time-limit warning (SIGUSR2) on to its workers too
             launcher = [sys.executable, "-m", "torch.distributed.run", "--standalone",
-                        f"--nproc_per_node={self.procs}", "-m", "suite.cli"]
+                        f"--nproc_per_node={self.procs}", "--signals_to_handle=SIGTERM,SIGINT,SIGHUP,SIGQUIT,SIGUSR2",
+                        "-m", "suite.cli"]
         return [*launcher, *self.argv(results), *(["--resume"] if resume and self.variant == "dense" else [])]
 
 
@@ -267,6 +268,25 @@ def _forward(signum: int, _frame: Any) -> None:
         sweep_slurm.stop()
 
 
+def run_device(spec: dict[str, Any], executor: str) -> str:
+    """cuda with --gpus-per-run; cpu for --procs-per-run and for Slurm jobs without GPUs (the login node's own
+    GPUs say nothing about the nodes'); else what this machine has."""
+    from suite.cli import _resolved_device
+
+    if count(spec, "gpus_per_run", 0):
+        return "cuda"
+    if executor == "slurm" or count(spec, "procs_per_run", 1):
+        return "cpu"
+    return _resolved_device("auto")
+
+
+def resumable(run: Run, results: Path) -> bool:
+    """An interrupted record, or a checkpoint left by a run killed before it could write one."""
+    from suite.experiment import checkpoint_dir
+
+    return state(run, results) == "interrupted" or (checkpoint_dir(results, run.run_id) / "last.pt").is_file()
+
+
 def settings(spec: dict[str, Any]) -> tuple[str, int]:
     """(executor, workers), checked."""
     executor = spec.get("executor", DEFAULTS["executor"])
@@ -287,11 +307,9 @@ def settings(spec: dict[str, Any]) -> tuple[str, int]:
 
 def main(spec: dict[str, Any], dry_run: bool) -> int:
     """Plan, print the plan, and (unless `dry_run`) run it; the leaderboard is rebuilt at the end."""
-    from suite.cli import _resolved_device
-
     executor, workers = settings(spec)
     results = Path(spec.get("results", DEFAULTS["results"]))
-    runs, dropped = plan(spec, _resolved_device("auto"))
+    runs, dropped = plan(spec, run_device(spec, executor))
     for line in dropped:
         print(line)
     states = Counter(state(r, results) for r in runs)

@@ -53,7 +53,7 @@ def worker_envs(workers: int, procs: int = 1, gpus_per_run: int = 0) -> list[dic
 def _one(run: Run, results: Path, retry_failed: bool, slots: queue.Queue, progress: Progress) -> None:
     if not sweep.should_run(run, results, retry_failed, progress):
         return
-    command = run.command(results, resume=sweep.state(run, results) == "interrupted")
+    command = run.command(results, resume=sweep.resumable(run, results))
     log = sweep.log_path(run, results)
     env = slots.get()
     try:

@@ -25,19 +25,25 @@ from suite.sweep import Progress, Run
 
 RESUBMITS = 2
 """Times a run whose job ended interrupted is submitted again."""
+MAX_RESTARTS = 20
+"""Time-limit requeues of one job (each goes on from the last checkpoint); then the job just ends."""
 _jobs: set[Any] = set()
 
 
 class SlurmRun:
     """The job of one run: its `suite run` command in a child process, the output appended to its log."""
 
-    def __init__(self, command: list[str], resume_command: list[str], record: Path, log: Path, procs: int):
-        self.command, self.resume_command, self.record, self.log, self.procs = (
-            command, resume_command, record, log, procs)
+    def __init__(self, command: list[str], resume_command: list[str], record: Path, checkpoint: Path, log: Path,
+                 procs: int):
+        self.command, self.resume_command, self.record, self.checkpoint, self.log, self.procs = (
+            command, resume_command, record, checkpoint, log, procs)
         self._signal: int | None = None
 
     def __call__(self) -> int:
-        command = self.resume_command if sweep.record_state(self.record) == "interrupted" else self.command
+        now = sweep.record_state(self.record)
+        if now == "done":  # a requeued job whose run had finished after all
+            return 0
+        command = self.resume_command if now == "interrupted" or self.checkpoint.is_file() else self.command
         cpus = int(os.environ.get("SLURM_CPUS_PER_TASK", self.procs))
         threads = str(max(1, cpus // self.procs))
         env = {**os.environ, "OMP_NUM_THREADS": threads, "MKL_NUM_THREADS": threads}
@@ -53,7 +59,9 @@ class SlurmRun:
                                      preexec_fn=lambda: signal.signal(signal.SIGUSR2, signal.SIG_IGN))
             code = child.wait()
         if self._signal is not None and code != 0:
-            if self._signal == signal.SIGUSR2 and "SLURM_JOB_ID" in os.environ:
+            restarts = int(os.environ.get("SLURM_RESTART_COUNT", 0))
+            if self._signal == signal.SIGUSR2 and sweep.record_state(self.record) == "interrupted" and \
+                    restarts < MAX_RESTARTS and "SLURM_JOB_ID" in os.environ:
                 subprocess.run(["scontrol", "requeue", os.environ["SLURM_JOB_ID"]], check=False)
             os._exit(code)  # no result file: a job Slurm starts again writes the real one
         return code
@@ -70,8 +78,9 @@ def job_name() -> str:
     return env.get("SLURM_JOB_ID", "?")
 
 
-def executor(folder: Path, spec: dict[str, Any], workers: int, procs: int) -> Any:
-    """A submitit SlurmExecutor with the sweep's partition, account, time, CPUs and GPUs per run."""
+def executor(folder: Path, spec: dict[str, Any], workers: int, procs: int, variants: bool = False) -> Any:
+    """A submitit SlurmExecutor with the sweep's partition, account, time, CPUs and GPUs per run; a variant
+    runs in one process, so its jobs ask for one process's share (and one GPU at most)."""
     import shutil
 
     import submitit
@@ -80,10 +89,12 @@ def executor(folder: Path, spec: dict[str, Any], workers: int, procs: int) -> An
         raise UserError("--executor slurm needs Slurm's sbatch on PATH: run the sweep on a cluster's login node, "
                         "or use --executor local")
     ex = submitit.SlurmExecutor(folder=folder / "%j")
-    gpus = spec.get("gpus_per_run") or None
+    gpus, cpus = spec.get("gpus_per_run") or None, spec.get("cpus_per_run") or procs
+    if variants:
+        gpus, cpus = gpus and 1, max(1, cpus // procs)
     params: dict[str, Any] = {
         "job_name": "seqsuite", "nodes": 1, "ntasks_per_node": 1, "time": spec.get("time") or 60,
-        "cpus_per_task": spec.get("cpus_per_run") or procs, "gpus_per_node": gpus, "array_parallelism": workers,
+        "cpus_per_task": cpus, "gpus_per_node": gpus, "array_parallelism": workers,
         "partition": spec.get("partition"), "account": spec.get("account"), "stderr_to_stdout": True,
         "additional_parameters": {"requeue": True}}  # submitit adds --open-mode=append: a requeued job's log goes on
     ex.update_parameters(**{k: v for k, v in params.items() if v is not None})
@@ -93,8 +104,9 @@ def executor(folder: Path, spec: dict[str, Any], workers: int, procs: int) -> An
 def execute(runs: list[Run], results: Path, spec: dict[str, Any], workers: int, retry_failed: bool,
             progress: Progress) -> Counter:
     """Submit what is not done yet as job arrays, dense runs before variants, and follow the jobs to the end."""
-    ex = executor(results / "sweeps" / "slurm", spec, workers, max(r.procs for r in runs))
-    for phase in sweep.phases(runs):
+    procs = max(r.procs for r in runs)
+    for variants, phase in enumerate(sweep.phases(runs)):
+        ex = executor(results / "sweeps" / "slurm", spec, workers, procs, variants=bool(variants))
         todo = [r for r in phase if sweep.should_run(r, results, retry_failed, progress)]
         for attempt in range(RESUBMITS + 1):
             if not todo or sweep.STOPPING.is_set():
@@ -106,8 +118,11 @@ def execute(runs: list[Run], results: Path, spec: dict[str, Any], workers: int, 
 
 
 def _submit(ex: Any, runs: list[Run], results: Path) -> list[tuple[Any, Run]]:
+    from suite.experiment import checkpoint_dir
+
     calls = [SlurmRun(run.command(results), run.command(results, resume=True), run.record_path(results),
-                      sweep.log_path(run, results), run.procs) for run in runs]
+                      checkpoint_dir(results, run.run_id) / "last.pt", sweep.log_path(run, results), run.procs)
+             for run in runs]
     with sweep.LOCK:
         if sweep.STOPPING.is_set():
             return []

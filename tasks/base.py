@@ -22,6 +22,8 @@ class Task:
     version: ClassVar[int] = 1
     causal: ClassVar[bool] = True
     """True rules out non-causal (bidirectional) backbones."""
+    shards: ClassVar[bool] = False
+    """True when `train_batches` gives each torchrun rank only its share (`shard`); other tasks run in one process."""
     unit: ClassVar[str] = "samples"
     """What the budget and throughput count (tokens, samples, frames)."""
     metrics: ClassVar[dict[str, bool]] = {}

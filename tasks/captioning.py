@@ -116,6 +116,7 @@ class CaptioningOptions:
 @register_task("captioning")
 class Captioning(Task):
     version = 1
+    shards = True
     causal = True  # the decoder generates left to right; a bidirectional one would see the caption's future
     unit = "tokens"
     metrics = {"bleu4": True, "cider": True, "bleu1": True, "bleu2": True, "bleu3": True, "loss": False}

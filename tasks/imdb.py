@@ -195,6 +195,7 @@ def classification_metrics(pred: torch.Tensor, target: torch.Tensor) -> dict[str
 @register_task("imdb")
 class IMDB(Task):
     version = 1
+    shards = True
     causal = False
     unit = "samples"
     metrics = {"accuracy": True, "macro_f1": True}

@@ -119,6 +119,7 @@ class LibriSpeechOptions:
 @register_task("librispeech")
 class LibriSpeech(Task):
     version = 2  # 2: cached float16 features, output units and LM options
+    shards = True
     causal = False  # recognition reads the whole utterance; unidirectional models are the streaming option
     unit = "frames"
     metrics = {"wer": False, "cer": False}

@@ -120,6 +120,7 @@ class LanguageModel(nn.Module):
 @register_task("ptb")
 class PTB(Task):
     version = 1
+    shards = True
     causal = True
     unit = "tokens"
     metrics = {"ppl": False}

@@ -178,6 +178,7 @@ def _pad(rows: list[np.ndarray]) -> torch.Tensor:
 @register_task("translation")
 class Translation(Task):
     version = 1
+    shards = True
     causal = False  # the encoder reads the whole source; the decoder is causal by construction
     unit = "tokens"
     metrics = {"bleu": True, "chrf": True, "ppl": False, "loss": False}

@@ -19,6 +19,7 @@ from typing import Any
 import torch
 
 from suite.config import Budget
+from suite.distributed import World
 from suite.errors import UserError
 from suite.fetch import data_dir
 from suite.registry import MODELS
@@ -39,8 +40,10 @@ def twin_reference(task: Task, changes: dict[str, Any], units: int | None, data_
 
     budget = task.cfg.budget if units is None else Budget(max_units=units)
     # A variant of a run shares its reference: the key ignores what makes a variant.
+    # Every rank of a torchrun trains the same twin in full, in one process: the line and its cache entry are
+    # the one-process run's.
     cfg = dataclasses.replace(task.cfg, options=dataclasses.replace(task.cfg.options, **changes), variant="dense",
-                              model=model or task.cfg.model,
+                              model=model or task.cfg.model, world_size=1,
                               parent=None, finetune_units=0,
                               budget=dataclasses.replace(budget, eval_every_units=None, checkpoint_every_seconds=1e9))
     key = json.dumps([REFERENCE_VERSION, task.version, sorted(task.metrics), cfg.digest(), data_checksum])
@@ -48,7 +51,7 @@ def twin_reference(task: Task, changes: dict[str, Any], units: int | None, data_
     if path.is_file():
         return json.loads(path.read_text())
     twin = copy.copy(task)  # shares the prepared data, which training and evaluation only read
-    twin.cfg = cfg
+    twin.cfg, twin.world = cfg, World()
     saved = rng_state()  # the run's random streams (torch, CUDA, numpy, Python) come back untouched
     try:
         with tempfile.TemporaryDirectory() as tmp:

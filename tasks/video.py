@@ -118,6 +118,7 @@ class VideoOptions:
 @register_task("video")
 class Video(Task):
     version = 1
+    shards = True
     causal = False  # a clip's tags are read after the whole clip
     unit = "clips"
     metrics = {**MULTI_LABEL, **SINGLE_LABEL}  # every metric the task can report; a run declares its own two

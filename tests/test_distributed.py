@@ -174,3 +174,41 @@ def test_the_world_comes_from_torchrun_variables(monkeypatch: pytest.MonkeyPatch
     monkeypatch.setenv("RANK", "1")
     monkeypatch.setenv("LOCAL_RANK", "1")
     assert distributed.current() == World(1, 2, 1) and not distributed.current().main
+
+
+def test_a_twin_reference_is_the_one_process_line_on_every_rank(cache: Path) -> None:
+    """Each rank trains the twin in full in one process, so its cache entry is the one-process run's."""
+    cfg = tiny_config("gru", task_name="translation", world_size=2)
+    task = TASKS["translation"](cfg, torch.device("cpu"))
+    task.world = World(1, 2)
+    task.prepare()
+    on_rank_1 = task.reference()
+    (entry,) = (cache / "references").glob("*.json")
+    alone = TASKS["translation"](tiny_config("gru", task_name="translation"), torch.device("cpu"))
+    alone.prepare()
+    assert alone.reference() == on_rank_1 and list((cache / "references").glob("*.json")) == [entry]
+
+
+def test_a_task_that_does_not_shard_is_refused_under_torchrun(monkeypatch: pytest.MonkeyPatch,
+                                                               tmp_path: Path) -> None:
+    monkeypatch.setattr(TASKS["ptb"], "shards", False)
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    with pytest.raises(UserError, match="task ptb does not split its batches over processes: run it without"):
+        experiment.run(tiny_config("gru", world_size=2), tmp_path)
+
+
+def test_more_ranks_than_gpus_is_refused_before_joining_the_group() -> None:
+    from suite import distributed
+
+    with pytest.raises(UserError, match="local rank 3 has no GPU"):
+        distributed.start(World(3, 4, 3), torch.device("cuda"))
+
+
+def test_one_process_runs_keep_their_ids_and_rows() -> None:
+    import dataclasses
+    import hashlib
+
+    cfg = tiny_config("gru")
+    without = {k: v for k, v in cfg.to_dict().items() if k != "world_size"}
+    assert cfg.digest() == hashlib.sha256(json.dumps(without, sort_keys=True).encode()).hexdigest()
+    assert dataclasses.replace(cfg, world_size=2).run_id != cfg.run_id

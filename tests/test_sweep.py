@@ -146,9 +146,13 @@ def test_bad_executor_settings_fail_before_anything_runs(tmp_path: Path, given: 
         sweep.main(spec(tmp_path, **given), dry_run=True)
 
 
-def test_gpus_per_run_needs_that_many_gpus_per_worker() -> None:
+def test_gpus_per_run_needs_that_many_gpus_per_worker(monkeypatch: pytest.MonkeyPatch) -> None:
+    import torch
+
     from suite import sweep_local
 
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 0)
     with pytest.raises(UserError, match="--gpus-per-run 2 x --workers 2 needs 4 GPUs and 0 are visible"):
         sweep_local.worker_envs(2, 2, gpus_per_run=2)
     envs = sweep_local.worker_envs(1, 2)
@@ -160,7 +164,9 @@ def test_a_local_sweep_trains_each_run_on_two_processes(tmp_path: Path, capsys: 
     given = spec(tmp_path, model="gru", procs_per_run=2, variant="dense,quant-dynamic-int8")
     assert sweep.main(given, dry_run=True) == 0
     shown = capsys.readouterr().out
-    assert "-m torch.distributed.run --standalone --nproc_per_node=2 -m suite.cli run --task ptb --model gru" in shown
+    assert "-m torch.distributed.run --standalone --nproc_per_node=2 --signals_to_handle=" in shown
+    assert "SIGUSR2 -m suite.cli run --task ptb --model gru --source synthetic --budget smoke --precision fp32 " \
+           "--seed 1 --device cpu" in shown
     assert sweep.main(given, dry_run=False) == 0
     found = {r["config"]["variant"]: r for r in records(tmp_path / "results")}
     assert found["dense"]["config"]["world_size"] == 2 and found["dense"]["status"] == "completed"

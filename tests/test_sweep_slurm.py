@@ -18,7 +18,8 @@ from suite import sweep, sweep_slurm
 from suite.errors import UserError
 
 pytestmark = pytest.mark.usefixtures("cache")
-LONG = [*TINY, "budget.max_units=40000", "budget.max_seconds=None", "budget.checkpoint_every_seconds=0.5"]
+UNITS = 60000
+LONG = [*TINY, f"budget.max_units={UNITS}", "budget.max_seconds=None", "budget.checkpoint_every_seconds=0.5"]
 
 
 def sweep_argv(results: Path, models: str, sets: list[str], *extra: str) -> list[str]:
@@ -49,15 +50,22 @@ def test_a_cancelled_and_a_requeued_job_both_end_with_their_record_once(tmp_path
                          "cpu")
     logs = {r.cfg.model: sweep.log_path(r, results) for r in runs}
     ckpt = {r.cfg.model: results / "checkpoints" / r.run_id / "last.pt" for r in runs}
-    wait_for(lambda: all(c.exists() for c in ckpt.values()))  # both runs under way, each with a checkpoint
-    cancelled, requeued = jobs_in_log(logs["gru"])[0][0], jobs_in_log(logs["lstm"])[0][0]
-    subprocess.run(["scancel", cancelled], check=True)  # the sweep submits it again, with --resume
-    subprocess.run(["scontrol", "requeue", requeued], check=True)  # Slurm starts the same job again
+    # gru's job is cancelled (the sweep submits the run again, with --resume) and lstm's requeued (Slurm starts
+    # the same job again), each as soon as its run is under way with a checkpoint.
+    actions, first = {"gru": ["scancel"], "lstm": ["scontrol", "requeue"]}, {}
+    while len(first) < 2:
+        for model in set(actions) - set(first):
+            if ckpt[model].exists():
+                first[model] = jobs_in_log(logs[model])[0][0]
+                subprocess.run([*actions[model], first[model]], check=True)
+        assert proc.poll() is None, proc.communicate()[0]
+        time.sleep(0.05)
+    cancelled, requeued = first["gru"], first["lstm"]
     out, _ = proc.communicate(timeout=300)
     assert proc.returncode == 0, out
     found = [json.loads(p.read_text()) for p in sorted(results.glob("ptb/*/*.json"))]
     assert sorted(r["config"]["model"] for r in found) == ["gru", "lstm"]  # each exactly once
-    assert all(r["status"] == "completed" and r["budget_used"]["units"] >= 40000 for r in found)
+    assert all(r["status"] == "completed" and r["budget_used"]["units"] >= UNITS for r in found)
     again = jobs_in_log(logs["gru"])
     assert len(again) == 2 and again[0][0] != again[1][0] and again[1][1]  # a new job that resumed
     assert "submitted again" in out and f"job {cancelled} CANCELLED" in out
@@ -103,8 +111,9 @@ def test_a_signalled_slurm_sweep_cancels_its_jobs_and_resumes_when_started_again
     assert first.returncode == 143, out
     states = {json.loads(p.read_text())["status"] for p in results.glob("ptb/*/*.json")}
     assert states == {"interrupted"}, out  # both jobs cancelled; both runs checkpointed first
-    queued = ["squeue", "-h", "-n", "seqsuite", "-o", "%i"]
-    wait_for(lambda: not subprocess.run(queued, capture_output=True, text=True).stdout.strip(), timeout=30)
+    ours = {job for log in results.glob("sweeps/logs/*.log") for job, _ in jobs_in_log(log)}
+    queued = ["squeue", "-h", "-o", "%i"]
+    wait_for(lambda: not ours & set(subprocess.run(queued, capture_output=True, text=True).stdout.split()), 30)
     again = subprocess.run(argv, capture_output=True, text=True, timeout=300)
     assert again.returncode == 0, again.stdout + again.stderr
     found = [json.loads(p.read_text()) for p in results.glob("ptb/*/*.json")]
@@ -120,14 +129,20 @@ def test_the_executor_carries_partition_account_time_cpus_and_gpus(tmp_path: Pat
         == ("debug", "lab", 90, 8, 4, 3)
     default = sweep_slurm.executor(tmp_path, {}, workers=1, procs=2).parameters
     assert default["cpus_per_task"] == 2 and default["time"] == 60 and "gpus_per_node" not in default
+    variants = sweep_slurm.executor(tmp_path, {"cpus_per_run": 8, "gpus_per_run": 4}, workers=3, procs=4,
+                                    variants=True).parameters
+    assert (variants["cpus_per_task"], variants["gpus_per_node"]) == (2, 1)  # a variant runs in one process
 
 
 def test_a_multi_gpu_run_is_launched_through_torchrun() -> None:
-    (run,), _ = sweep.plan({"task": "ptb", "model": "gru", "source": "synthetic", "budget": "smoke", "set": TINY,
-                            "gpus_per_run": 4}, "cpu")
+    given = {"task": "ptb", "model": "gru", "source": "synthetic", "budget": "smoke", "set": TINY, "gpus_per_run": 4}
+    (run,), _ = sweep.plan(given, sweep.run_device(given, "slurm"))
     command = run.command(Path("r"))
-    assert command[1:6] == ["-m", "torch.distributed.run", "--standalone", "--nproc_per_node=4", "-m"]
+    assert command[1:5] == ["-m", "torch.distributed.run", "--standalone", "--nproc_per_node=4"]
+    assert "SIGUSR2" in command[5] and command[command.index("--device") + 1] == "cuda"
     assert run.cfg.world_size == 4
+    assert sweep.run_device({"gpus_per_run": 4}, "slurm") == "cuda"
+    assert sweep.run_device({}, "slurm") == sweep.run_device({"procs_per_run": 2}, "local") == "cpu"
 
 
 def test_without_sbatch_the_slurm_executor_says_what_to_do(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
