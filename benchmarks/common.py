@@ -20,6 +20,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from baselines import backbone_factory
 from suite.config import RunConfig, build_config
 from suite.environment import device_name
 from suite.registry import MODELS, TASKS, load_plugins
@@ -61,7 +62,7 @@ def prepare_task(cfg: RunConfig) -> Task:
 def build_model(cfg: RunConfig, task: Task) -> nn.Module:
     """The model of `cfg` for `task`, seeded so that every call gives the same initial weights."""
     seed_everything(cfg.seed)
-    return task.build(lambda n: MODELS[cfg.model](n, cfg.backbone)).to(torch.device(cfg.device))
+    return task.build(backbone_factory(MODELS[cfg.model], cfg.backbone, task.causal)).to(torch.device(cfg.device))
 
 
 def train(cfg: RunConfig, task: Task, model: nn.Module) -> Outcome:

@@ -7,6 +7,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from baselines import backbone_factory
 from suite.config import build_config
 from suite.experiment import applicable_models
 from suite.registry import MODELS, TASKS, load_plugins
@@ -22,7 +23,7 @@ def language_model(name: str):
     torch.manual_seed(0)
     task = PTB(cfg, torch.device("cpu"))
     task.prepare()
-    model = task.build(lambda n: MODELS[name](n, cfg.backbone))
+    model = task.build(backbone_factory(MODELS[name], cfg.backbone, task.causal))
     tokens = torch.randint(10_000, (SHAPE[0], SHAPE[1] + 1), generator=torch.Generator().manual_seed(0))
     return model, tokens[:, :-1], tokens[:, 1:]
 

@@ -16,6 +16,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from baselines import backbone_factory
 from suite import compress, distributed, registry
 from suite.config import Budget, RunConfig, config_from_dict
 from suite.distributed import World
@@ -65,7 +66,7 @@ def _setup(cfg: RunConfig, world: World = World()) -> tuple[Task, nn.Module, tor
     task = task_cls(cfg, device)
     task.world = world
     task.prepare()
-    model = task.build(lambda n: model_cls(n, cfg.backbone)).to(device)
+    model = task.build(backbone_factory(model_cls, cfg.backbone, task_cls.causal)).to(device)
     return task, model, device
 
 

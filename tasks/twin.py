@@ -36,6 +36,7 @@ def twin_reference(task: Task, changes: dict[str, Any], units: int | None, data_
     `changes` applied to its options: for `units` training units, or under the run's own budget if None.
     A twin without a backbone names one `model` for every run, so that all of them share one cached line."""
     # Imported here: suite.runner imports tasks (for the Task type), so a module-level import is circular.
+    from baselines import backbone_factory
     from suite.runner import Trainer, evaluate, rng_state, seed_everything, set_rng_state
 
     budget = task.cfg.budget if units is None else Budget(max_units=units)
@@ -56,7 +57,7 @@ def twin_reference(task: Task, changes: dict[str, Any], units: int | None, data_
     try:
         with tempfile.TemporaryDirectory() as tmp:
             seed_everything(cfg.seed)
-            model = twin.build(lambda n: MODELS[cfg.model](n, cfg.backbone)).to(task.device)
+            model = twin.build(backbone_factory(MODELS[cfg.model], cfg.backbone, task.causal)).to(task.device)
             trainer = Trainer(cfg, twin, model, task.device, Path(tmp), progress_bar=False)
             outcome = trainer.run()
             _check(outcome, task.reference_name)

@@ -23,6 +23,7 @@ import torch
 from PIL import Image
 
 import tasks.caption_data
+from baselines import backbone_factory
 from suite import experiment
 from suite.config import build_config
 from suite.errors import DataError, UserError
@@ -60,7 +61,7 @@ def make_task(source: str = "synthetic", *overrides: str, model: str = "gru") ->
 
 def make_model(task: Captioning, seed: int = 0) -> torch.nn.Module:
     torch.manual_seed(seed)
-    return task.build(lambda n: MODELS[task.cfg.model](n, task.cfg.backbone)).eval()
+    return task.build(backbone_factory(MODELS[task.cfg.model], task.cfg.backbone, task.causal)).eval()
 
 
 # ---------------------------------------------------------------- real sources

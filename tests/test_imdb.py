@@ -19,6 +19,7 @@ import pytest
 import torch
 
 import tasks.imdb
+from baselines import backbone_factory
 from suite import experiment
 from suite.config import build_config
 from suite.errors import DataError, UserError
@@ -49,7 +50,7 @@ def make_task(source: str = "synthetic", *overrides: str, model: str = "lstm", s
 
 def make_model(task: IMDB, seed: int = 0) -> torch.nn.Module:
     torch.manual_seed(seed)
-    return task.build(lambda n: MODELS[task.cfg.model](n, task.cfg.backbone)).eval()
+    return task.build(backbone_factory(MODELS[task.cfg.model], task.cfg.backbone, task.causal)).eval()
 
 
 # ---------------------------------------------------------------- the real source

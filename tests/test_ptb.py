@@ -21,6 +21,7 @@ import pytest
 import torch
 
 import tasks.ptb
+from baselines import backbone_factory
 from suite.config import build_config
 from suite.errors import DataError, UserError
 from suite.fetch import RemoteFile, data_dir, md5sum
@@ -58,7 +59,7 @@ def make_task(source: str, *overrides: str, model: str = "lstm") -> PTB:
 
 def make_model(task: PTB, seed: int = 0) -> torch.nn.Module:
     torch.manual_seed(seed)
-    return task.build(lambda n: MODELS[task.cfg.model](n, task.cfg.backbone))
+    return task.build(backbone_factory(MODELS[task.cfg.model], task.cfg.backbone, task.causal))
 
 
 def words_of(text: bytes) -> list[str]:

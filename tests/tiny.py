@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import torch
 
+from baselines import backbone_factory
 from suite.config import RunConfig, build_config
 from suite.registry import MODELS, TASKS, load_plugins
 
@@ -52,4 +53,4 @@ def prepared(cfg: RunConfig):
     torch.manual_seed(cfg.seed)
     task = TASKS[cfg.task](cfg, torch.device("cpu"))
     task.prepare()
-    return task, task.build(lambda n: MODELS[cfg.model](n, cfg.backbone))
+    return task, task.build(backbone_factory(MODELS[cfg.model], cfg.backbone, task.causal))

@@ -1,0 +1,121 @@
+"""The Transformer reference backbone on its own (baselines/transformer.py; not registered yet): size matched
+to the LSTM of every task's smoke and standard settings, causality of the decoder and not of the encoder,
+the carried context, and the Linear layers the pruning and int8 variants reach."""
+from __future__ import annotations
+
+import pytest
+import torch
+from tiny import task_param
+from torch import nn
+
+from baselines.transformer import Transformer, feed_forward_width, heads_for, lstm_params
+from suite import compress
+from suite.config import BackboneConfig, build_config
+from suite.registry import MODELS, TASKS
+
+pytestmark = pytest.mark.usefixtures("cache")
+
+
+def backbone_inputs(task_name: str, budget: str) -> tuple[list[int], BackboneConfig, bool]:
+    """The input sizes the task gives its backbones at a budget (read off its LSTM build), its settings, causal."""
+    from tiny import TASK_TINY, prepared
+
+    task_cls = TASKS[task_name]
+    cfg = build_config(task_name, "lstm", budget=budget, options_cls=task_cls.Options, presets=task_cls.presets,
+                       source="synthetic", device="cpu",
+                       overrides=[o for o in TASK_TINY[task_name] if o.startswith("options.synthetic")])
+    task, _ = prepared(cfg)
+    sizes: list[int] = []
+    task.build(lambda n: sizes.append(n) or MODELS["lstm"](n, cfg.backbone))
+    return sizes, cfg.backbone, task_cls.causal
+
+
+@pytest.mark.parametrize("task_name", [task_param(t) for t in TASKS])
+@pytest.mark.parametrize("budget", ["smoke", "standard"])
+def test_the_size_matches_the_lstm_within_five_percent(task_name: str, budget: str) -> None:
+    sizes, cfg, causal = backbone_inputs(task_name, budget)
+    for n in sizes:
+        model = Transformer(n, cfg, causal=causal)
+        lstm = sum(p.numel() for p in nn.LSTM(n, cfg.hidden_size, cfg.num_layers).parameters())
+        assert lstm_params(n, cfg) == lstm
+        assert abs(model.backbone_params() / lstm - 1) < 0.05, (n, model.describe())
+        assert model.describe()["lstm_params"] == lstm
+
+
+def test_the_shape_follows_the_lstm_settings() -> None:
+    cfg = BackboneConfig(hidden_size=650, num_layers=2)
+    model = Transformer(650, cfg)
+    assert (model.output_size, len(model.net.h), heads_for(650)) == (650, 2, 13)
+    assert model.inner == feed_forward_width(650, cfg) and 1000 < model.inner < 1300  # about 2 x width (8d^2/layer)
+    assert (heads_for(64), heads_for(16), heads_for(200)) == (2, 1, 5)
+
+
+def inputs(batch: int = 2, steps: int = 12, size: int = 8) -> torch.Tensor:
+    return torch.randn(batch, steps, size, generator=torch.Generator().manual_seed(0))
+
+
+def test_the_decoder_never_looks_ahead_and_the_encoder_does() -> None:
+    cfg = BackboneConfig(hidden_size=16, num_layers=2)
+    x, t = inputs(), 7
+    changed = x.clone()
+    changed[:, t:] += 1.0
+    for causal in (True, False):
+        torch.manual_seed(0)
+        model = Transformer(8, cfg, causal=causal).eval()  # a model built from a config starts in train mode
+        with torch.no_grad():
+            before, after = model(x)[0], model(changed)[0]
+        same_past = torch.allclose(before[:, :t], after[:, :t], atol=1e-6)
+        assert same_past == causal
+        assert not torch.allclose(before[:, t:], after[:, t:])
+
+
+def test_the_encoder_ignores_padding_and_zeroes_it() -> None:
+    torch.manual_seed(0)
+    model = Transformer(8, BackboneConfig(hidden_size=16, num_layers=1), causal=False).eval()
+    x, lengths = inputs(), torch.tensor([12, 5])
+    padded = x.clone()
+    padded[1, 5:] = 9.0  # whatever sits past a length does not count
+    with torch.no_grad():
+        out, state = model(x, lengths)
+        again, _ = model(padded, lengths)
+        alone, _ = model(x[1:, :5])
+    assert state is None and torch.equal(out[1, 5:], torch.zeros_like(out[1, 5:]))
+    assert torch.allclose(out, again, atol=1e-6) and torch.allclose(out[1, :5], alone[0], atol=1e-5)
+
+
+def test_the_carried_state_is_the_previous_window_as_context() -> None:
+    torch.manual_seed(0)
+    model = Transformer(8, BackboneConfig(hidden_size=16, num_layers=2)).eval()
+    x = inputs(steps=10)
+    with torch.no_grad():
+        whole, _ = model(x)
+        first, state = model(x[:, :4])
+        second, _ = model(x[:, 4:], None, state)
+    assert torch.allclose(first, whole[:, :4], atol=1e-5)
+    assert torch.allclose(second, model(x[:, 4:], None, x[:, :4])[0], atol=1e-6)
+    # A window with its predecessor as context is scored as the same tokens inside the longer sequence.
+    assert torch.allclose(second, whole[:, 4:][:, :6], atol=1e-5) and model.describe()["context_steps"] == 4
+
+
+def test_pruning_and_int8_reach_its_linear_layers() -> None:
+    from transformers.pytorch_utils import Conv1D
+
+    model = nn.Sequential(Transformer(8, BackboneConfig(hidden_size=32, num_layers=2)), nn.Linear(32, 4))
+    assert not any(isinstance(m, Conv1D) for m in model.modules())
+    linear = sum(m.weight.numel() for m in model.modules() if isinstance(m, nn.Linear))
+    targets = compress.prune_magnitude(model, 0.5)
+    assert sum(getattr(m, name).numel() for m, name in targets) == linear  # GPT-2's attention and MLP included
+    assert compress.sparsity(model) == pytest.approx(0.5, abs=0.01)
+    compress.make_permanent(targets)
+    quantized, _ = compress.quantize_dynamic_int8(model)
+    kinds = {type(m).__name__ for m in quantized.modules()}
+    assert "Linear" in kinds and any("quantized" in type(m).__module__ for m in quantized.modules())
+
+
+def test_a_sequence_past_the_positions_is_refused() -> None:
+    from baselines.transformer import MAX_POSITIONS
+    from suite.errors import UserError
+
+    model = Transformer(2, BackboneConfig(hidden_size=16, num_layers=1))
+    with pytest.raises(UserError, match=f"longer than the Transformer's {MAX_POSITIONS} positions"):
+        model(torch.zeros(1, MAX_POSITIONS + 1, 2))
