@@ -164,3 +164,46 @@ class Transformer(nn.Module):
         """Per step and sequence: 2 FLOPs per weight of the projection and the layers, plus the attention's
         scores and weighted sum (4 x context x width per layer) at NOMINAL_CONTEXT steps."""
         return 2 * self.backbone_params() + 4 * NOMINAL_CONTEXT * self.output_size * self.num_layers
+
+
+class TransformerDecoder(nn.Module):
+    """GPT-2 with cross-attention for the encoder-decoder tasks: previous-token embeddings (B, T, E) and a memory
+    (B, S, M) -> hidden states (B, T, D). `init_state` and `step` decode one token at a time with a key-value
+    cache held as plain tensors (batch first), so that suite/decoding.py's beam search can repeat and reorder
+    it like any other state."""
+
+    def __init__(self, input_size: int, memory_size: int, cfg: BackboneConfig):
+        super().__init__()
+        self.output_size, self.num_layers = cfg.hidden_size, cfg.num_layers
+        self.inner = feed_forward_width(input_size, cfg, cross_attention=True)
+        self.proj = nn.Linear(input_size, cfg.hidden_size)
+        self.memory_proj = nn.Linear(memory_size, cfg.hidden_size)  # cross-attention reads the model's width
+        self.net = gpt2(cfg.hidden_size, cfg.num_layers, self.inner, cfg.dropout, cross_attention=True)
+        nn.init.normal_(self.proj.weight, std=self.net.config.initializer_range)
+        nn.init.zeros_(self.proj.bias)
+
+    def forward(self, x: Tensor, memory: Tensor, memory_mask: Tensor) -> Tensor:
+        """Teacher forcing: every position at once, each attending to the earlier ones and to the memory."""
+        return self.net(inputs_embeds=self.proj(x), encoder_hidden_states=self.memory_proj(memory),
+                        encoder_attention_mask=memory_mask.long(), use_cache=False).last_hidden_state  # (B, T, D)
+
+    def init_state(self, memory: Tensor, memory_mask: Tensor) -> dict[str, Any]:
+        """Before the first token: the projected memory, its mask, and an empty cache."""
+        return {"memory": self.memory_proj(memory), "mask": memory_mask.long(), "cache": ()}
+
+    def step(self, x: Tensor, state: dict[str, Any]) -> tuple[Tensor, dict[str, Any]]:
+        """One token per row: x (N, E) -> hidden (N, D); the cache gains that token's keys and values (and holds
+        the memory's, computed once at the first step)."""
+        from transformers.cache_utils import DynamicCache, EncoderDecoderCache
+
+        cache = EncoderDecoderCache(DynamicCache(), DynamicCache())
+        for layer, (keys, values, cross_keys, cross_values) in enumerate(state["cache"]):
+            cache.self_attention_cache.update(keys, values, layer)
+            cache.cross_attention_cache.update(cross_keys, cross_values, layer)
+            cache.is_updated[layer] = True
+        out = self.net(inputs_embeds=self.proj(x)[:, None], past_key_values=cache, use_cache=True,
+                       encoder_hidden_states=state["memory"], encoder_attention_mask=state["mask"])
+        own, cross = out.past_key_values.self_attention_cache, out.past_key_values.cross_attention_cache
+        layers = tuple((own.layers[i].keys, own.layers[i].values, cross.layers[i].keys, cross.layers[i].values)
+                       for i in range(self.num_layers))  # each (N, heads, steps, head width)
+        return out.last_hidden_state[:, 0], {**state, "cache": layers}

@@ -158,7 +158,11 @@ def _follow(jobs: list[tuple[Any, Run]], results: Path, progress: Progress, last
 
 
 def _report(job: Any, run: Run, results: Path, progress: Progress, last: bool) -> str:
-    outcome = {"done": "done", "interrupted": "interrupted"}.get(sweep.state(run, results), "failed")
+    # A job killed outright (TIMEOUT after the warning, NODE_FAIL) may leave a checkpoint and no interrupted
+    # record: that run can go on too.
+    now = sweep.state(run, results)
+    outcome = "done" if now == "done" else "interrupted" if now != "failed" and sweep.resumable(run, results) \
+        else "failed"
     again = outcome == "interrupted" and not last and not sweep.STOPPING.is_set()
     note = "" if outcome == "done" else f": job {job.job_id} {job.state}, log {sweep.log_path(run, results)}"
     progress.report("requeued" if again else outcome, run, note + (", submitted again" if again else ""), ran=True)

@@ -119,3 +119,31 @@ def test_a_sequence_past_the_positions_is_refused() -> None:
     model = Transformer(2, BackboneConfig(hidden_size=16, num_layers=1))
     with pytest.raises(UserError, match=f"longer than the Transformer's {MAX_POSITIONS} positions"):
         model(torch.zeros(1, MAX_POSITIONS + 1, 2))
+
+
+def test_incremental_decoding_with_the_cache_equals_a_full_recompute() -> None:
+    from baselines.transformer import TransformerDecoder
+    from suite.decoding import _select
+
+    torch.manual_seed(0)
+    decoder = TransformerDecoder(8, 12, BackboneConfig(hidden_size=16, num_layers=2)).eval()
+    gen = torch.Generator().manual_seed(1)
+    x, memory = torch.randn(3, 6, 8, generator=gen), torch.randn(3, 5, 12, generator=gen)
+    mask = torch.tensor([[1, 1, 1, 1, 1], [1, 1, 1, 0, 0], [1, 1, 0, 0, 0]], dtype=torch.bool)
+    with torch.no_grad():
+        full = decoder(x, memory, mask)  # (B, T, D)
+        state, steps = decoder.init_state(memory, mask), []
+        for t in range(x.size(1)):
+            out, state = decoder.step(x[:, t], state)
+            steps.append(out)
+        assert torch.allclose(torch.stack(steps, 1), full, atol=1e-5)
+        hidden = memory.clone()
+        hidden[1, 3:] = 9.0  # masked memory positions are never attended to
+        assert torch.allclose(decoder(x, hidden, mask), full, atol=1e-6)
+        # Beam search reorders rows of the state: the cache follows its rows.
+        order = torch.tensor([2, 0, 0])
+        moved = _select(state, order)
+        nxt = torch.randn(3, 8, generator=gen)
+        again, _ = decoder.step(nxt, moved)
+        redo = decoder(torch.cat([x[order], nxt[:, None]], 1), memory[order], mask[order])[:, -1]
+    assert torch.allclose(again, redo, atol=1e-5)
