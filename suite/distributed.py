@@ -17,6 +17,7 @@ from typing import Any
 import torch
 import torch.distributed as dist
 from torch import nn
+from torch.utils._pytree import tree_map_only
 
 from suite.errors import UserError
 
@@ -105,22 +106,7 @@ def gather_objects(obj: Any, world: World) -> list[Any] | None:
     return out
 
 
-def to_cpu(obj: Any) -> Any:
-    """Tensors inside nested tuples, lists and dicts moved to the CPU, so that another rank can unpickle them."""
-    if isinstance(obj, torch.Tensor):
-        return obj.cpu()
-    if isinstance(obj, (tuple, list)):
-        return type(obj)(to_cpu(o) for o in obj)
-    if isinstance(obj, dict):
-        return {k: to_cpu(v) for k, v in obj.items()}
-    return obj
-
-
-def to_device(obj: Any, device: torch.device) -> Any:
-    if isinstance(obj, torch.Tensor):
-        return obj.to(device)
-    if isinstance(obj, (tuple, list)):
-        return type(obj)(to_device(o, device) for o in obj)
-    if isinstance(obj, dict):
-        return {k: to_device(v, device) for k, v in obj.items()}
-    return obj
+def to_device(obj: Any, device: torch.device | str) -> Any:
+    """Every tensor inside nested tuples, lists and dicts moved to `device` (the CPU before gathering, so that
+    another rank can unpickle it)."""
+    return tree_map_only(torch.Tensor, lambda t: t.to(device), obj)

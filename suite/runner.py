@@ -253,7 +253,7 @@ class Trainer:
 
     def _save_checkpoint(self) -> None:
         """Rank 0 writes the weights and progress (the same on every rank) and each rank's carry and RNG."""
-        ranks = distributed.gather_objects({"carry": distributed.to_cpu(self.carry), "rng": rng_state()},
+        ranks = distributed.gather_objects({"carry": distributed.to_device(self.carry, "cpu"), "rng": rng_state()},
                                            self.world)
         self._last_checkpoint = self.clock()
         if not self.world.main:
