@@ -1,11 +1,11 @@
-"""The recurrent backbones; importing the package registers rnn, lstm, gru, brnn and resrnn."""
+"""The backbones; importing the package registers rnn, lstm, gru, brnn, resrnn and the transformer reference."""
 from __future__ import annotations
 
 from collections.abc import Callable
 
 from torch import nn
 
-from baselines import recurrent, resrnn  # noqa: F401  (explicit imports register the models)
+from baselines import recurrent, resrnn, transformer  # noqa: F401  (explicit imports register the models)
 from baselines.recurrent import detach_state
 from suite.config import BackboneConfig
 

@@ -1,7 +1,9 @@
 """The one frozen run configuration, the budget presets, and the `--set key=value` override rule.
 
 Precedence, lowest first: dataclass defaults < budget preset < the task's preset for that budget
-< the user's `--set` overrides. The resolved config goes into every record (`dataclasses.asdict`).
+< the model's preset for that budget (`presets` on the model class: its "*" entry for every task, then its
+entry for the task) < the user's `--set` overrides. The resolved config goes into every record
+(`dataclasses.asdict`).
 """
 from __future__ import annotations
 
@@ -76,6 +78,8 @@ class TrainConfig:
     """Per-epoch learning-rate decay factor (1 = constant)."""
     lr_decay_after_epochs: int = 0
     """Epochs at the full learning rate; epoch e (from 0) runs at lr * lr_decay ** max(0, e + 1 - this)."""
+    lr_warmup_steps: int = 0
+    """Optimizer steps over which the learning rate rises linearly to its scheduled value (0 = none)."""
 
     def __post_init__(self) -> None:
         if self.optimizer not in ("sgd", "adam"):
@@ -88,6 +92,8 @@ class TrainConfig:
             raise UserError(f"train.clip must be positive or None, got {self.clip}")
         if not 0 < self.lr_decay <= 1:
             raise UserError(f"train.lr_decay must be in (0, 1], got {self.lr_decay}")
+        if self.lr_warmup_steps < 0:
+            raise UserError(f"train.lr_warmup_steps must be >= 0, got {self.lr_warmup_steps}")
 
 
 @dataclass(frozen=True)
@@ -167,10 +173,21 @@ class RunConfig:
         return "-".join([*parts, f"s{self.seed}", self.digest()[:8]])
 
 
+ADDED_FIELDS: dict[tuple[str, ...], Any] = {("world_size",): 1, ("train", "lr_warmup_steps"): 0}
+"""Fields added after runs were recorded, with their defaults: at the default they are left out of a run's
+identity, so that the runs that could not set them keep their ids (and leaderboard rows)."""
+
+
 def identity(config: dict[str, Any]) -> dict[str, Any]:
-    """The config fields that name a run: world_size only when it is not 1, so that one-process runs keep the
-    ids (and leaderboard rows) they had before the field existed."""
-    return {k: v for k, v in config.items() if k != "world_size" or v != 1}
+    """The config fields that name a run: all but the ADDED_FIELDS at their defaults."""
+    out = {k: dict(v) if isinstance(v, dict) else v for k, v in config.items()}
+    for (*sections, name), default in ADDED_FIELDS.items():
+        holder = out
+        for section in sections:
+            holder = holder.get(section) or {}
+        if name in holder and holder[name] == default:
+            del holder[name]
+    return out
 
 
 def _choose(what: str, value: str, allowed: tuple[str, ...]) -> None:
@@ -186,8 +203,18 @@ def build_config(task: str, model: str, *, budget: str = "small", overrides: lis
     sections = {"budget": Budget(**BUDGETS[budget]), "train": TrainConfig(),
                 "backbone": BackboneConfig(), "options": options_cls() if options_cls else None}
     sections = apply_overrides(sections, (presets or {}).get(budget, {}))
+    sections = apply_overrides(sections, model_preset(model, task, budget))
     sections = apply_overrides(sections, parse_overrides(overrides))
     return RunConfig(task=task, model=model, budget_name=budget, **top, **sections)
+
+
+def model_preset(model: str, task: str, budget: str) -> dict[str, Any]:
+    """A registered model's own settings for a budget: its recipe for every task ("*"), then for this task.
+    Models without `presets` (the recurrent baselines) add nothing, so the task's preset is their recipe."""
+    from suite.registry import MODELS
+
+    presets = getattr(MODELS.get(model), "presets", {})
+    return {**presets.get("*", {}).get(budget, {}), **presets.get(task, {}).get(budget, {})}
 
 
 def parse_overrides(pairs: list[str]) -> dict[str, Any]:

@@ -124,6 +124,7 @@ def _train_and_record(record: dict[str, Any], task: Task, model: nn.Module, devi
     if outcome.status in ("completed", "budget_exhausted"):
         model.load_state_dict(torch.load(trainer.best_path, map_location=device)["model"])
         metrics = {s: evaluate(task, model, trainer.policy, s)[0] for s in ("valid", "test")}
+        record["model"]["architecture"] = architecture(model)  # the context it was evaluated with is known now
         record["artifacts"] = _artifacts(task, model, trainer.policy, path.with_suffix(""), results_dir, record)
     fill_outcome(record, outcome, trainer, metrics, device)
     record["checkpoint"] = _relative(trainer.best_path, results_dir) if trainer.best_path.exists() else None
@@ -165,7 +166,9 @@ def base_record(cfg: RunConfig, task: Task, model: nn.Module, device: torch.devi
                  "reference_name": task.reference_name},
         "model": {"name": cfg.model, "causal": type(model_backbone(model)).causal,
                   "params": sum(p.numel() for p in model.parameters()), "flops_per_unit": task.flops_per_unit(model),
-                  "size_bytes": compress.serialized_size(model)[0]},
+                  "size_bytes": compress.serialized_size(model)[0],
+                  "reference_model": bool(getattr(type(model_backbone(model)), "reference_model", False)),
+                  "architecture": architecture(model)},
         "config": cfg.to_dict(),
         "data": {**info, "synthetic": cfg.source == "synthetic"},
         "metrics": {}, "reference": task.reference() if reference is None else reference, "learning_curve": [],
@@ -180,6 +183,16 @@ def base_record(cfg: RunConfig, task: Task, model: nn.Module, device: torch.devi
 
 def model_backbone(model: nn.Module) -> nn.Module:
     return getattr(model, "backbone", model)
+
+
+def architecture(model: nn.Module) -> dict[str, Any] | None:
+    """What a self-describing backbone says of itself (the Transformer: kind, sizes, its parameters outside
+    embeddings and the LSTM count they were matched to, the longest context it was given), with the decoder
+    of an encoder-decoder task; None for the recurrent baselines, whose config says it all."""
+    parts = {name: part.describe() for name, part in (("backbone", model_backbone(model)),
+                                                      ("decoder", getattr(model, "decoder", None)))
+             if callable(getattr(part, "describe", None))}
+    return parts or None
 
 
 def fill_outcome(record: dict[str, Any], outcome: Outcome, trainer: Trainer, metrics: dict[str, Any],
@@ -239,6 +252,7 @@ def run_variant(variant: str, finetune_units: int, parent: dict[str, Any], paren
     metrics = {s: evaluate(task, model, PrecisionPolicy(precision, device), s)[0] for s in ("valid", "test")}
     record = base_record(cfg, task, model, device, reference=parent["reference"])
     record["model"]["params"] = parent["model"]["params"]  # the parent's count: quantized params are packed
+    record["model"]["architecture"] = parent["model"].get("architecture")  # the same counts, for the same reason
     if outcome is not None:
         fill_outcome(record, outcome, trainer, metrics, device)
     else:

@@ -26,6 +26,8 @@ from suite.results import atomic_write_text, load_record
 
 FORMAT, VERSION = "seqsuite-leaderboard", 1
 FINISHED = ("completed", "budget_exhausted")
+REFERENCE_NOTE = ("a non-recurrent model shown for comparison, trained under the same budget as the recurrent models "
+                  "and ranked with them")  # what every view's legend says a reference-model row is
 
 
 def load_all(results_dir: Path) -> tuple[list[tuple[Path, dict[str, Any]]], list[str]]:
@@ -92,6 +94,8 @@ def _row(key: tuple, runs: list[tuple[Path, dict[str, Any]]], results_dir: Path)
     variant = first["variant"]
     return {
         "key": "/".join(key), "model": first["config"]["model"], "variant": first["config"]["variant"],
+        # A non-recurrent model shown for comparison; records from before the flag existed are recurrent.
+        "reference_model": bool(first["model"].get("reference_model", False)),
         "device_class": key[5], "config_digest": key[6], "applicable": True,
         "seeds": sorted(r["config"]["seed"] for _, r in runs), "status": status, "stats": stats,
         "params": first["model"]["params"], "size_bytes": first["model"].get("size_bytes"),

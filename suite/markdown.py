@@ -8,7 +8,11 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import quote
 
+from suite.leaderboard import REFERENCE_NOTE
+
 ARROW = {True: "↑", False: "↓"}
+REFERENCE_MARK = " (reference model)"  # "model", not just "reference": a board's reference line is another thing
+REFERENCE_LEGEND = f"(reference model): {REFERENCE_NOTE}."
 
 
 MARKDOWN_SPECIAL = re.compile(r"([\\`*_\[\]()!#|~])")
@@ -65,7 +69,8 @@ def board_table(board: dict[str, Any], results_dir: Path, out_dir: Path) -> list
              for m in board["not_applicable"]]
     rows += [["", cell(m), "dense", "missing: no run", *[""] * (len(columns) - 4)] for m in board["missing"]]
     table = ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
-    return head + table + ["| " + " | ".join(r) + " |" for r in rows] + [""]
+    legend = [REFERENCE_LEGEND, ""] if any(r.get("reference_model", False) for r in board["rows"]) else []
+    return head + table + ["| " + " | ".join(r) + " |" for r in rows] + [""] + legend
 
 
 def _row(rank: int, row: dict[str, Any], primary: str, others: list[str], results_dir: Path,
@@ -76,7 +81,8 @@ def _row(rank: int, row: dict[str, Any], primary: str, others: list[str], result
     status = ", ".join(f"{cell(k)} {v}" for k, v in sorted(row["status"].items()))
     size = row["variant_info"]["size_bytes"] if row["variant_info"] else row["size_bytes"]
     device = "" if row["device_class"] == "cpu" else f" ({cell(row['device_class'])})"
-    return [str(rank), cell(row["model"]) + device, cell(row["variant"]), number(s.get(f"test/{primary}")),
+    mark = REFERENCE_MARK if row.get("reference_model", False) else ""
+    return [str(rank), cell(row["model"]) + mark + device, cell(row["variant"]), number(s.get(f"test/{primary}")),
             *(number(s.get(f"test/{m}")) for m in others), number(s.get(f"valid/{primary}")),
             number(s["train_units_per_s"], 3), number(s["normalized_throughput"], 3),
             number(s["peak_memory_bytes"], 4, 2**20), f"{row['params']:,}",

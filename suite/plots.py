@@ -19,6 +19,7 @@ import matplotlib.pyplot as plt  # noqa: E402  (the backend must be chosen befor
 STYLE = {"svg.hashsalt": "seqsuite", "svg.fonttype": "none", "text.parse_math": False,
          "font.size": 9, "axes.grid": True, "grid.alpha": 0.3, "figure.dpi": 100}
 COLORS = plt.get_cmap("tab10").colors
+REFERENCE = {"marker": "*", "s": 140}  # a reference-model row's point: a large star among the recurrent dots
 
 
 @contextmanager
@@ -48,7 +49,10 @@ def pareto_front(points: list[tuple[float, float]], higher_is_better: bool) -> l
 
 
 def row_label(row: dict[str, Any]) -> str:
-    return row["model"] if row["variant"] == "dense" else f"{row['model']} ({row['variant']})"
+    """'gru', 'lstm (prune-magnitude-50)', 'transformer (reference model)': the legend says which is which."""
+    tags = [] if row["variant"] == "dense" else [row["variant"]]
+    tags += ["reference model"] if row.get("reference_model", False) else []
+    return f"{row['model']} ({', '.join(tags)})" if tags else row["model"]
 
 
 def _mean(row: dict[str, Any], key: str) -> float | None:
@@ -57,25 +61,38 @@ def _mean(row: dict[str, Any], key: str) -> float | None:
 
 def quality_vs_throughput(board: dict[str, Any], path: Path) -> Path | None:
     """Per board: test primary metric against training throughput, the Pareto front drawn and circled."""
-    metric, higher = board["primary_metric"], board["metrics"].get(board["primary_metric"], False)
-    rows = [r for r in board["rows"] if _mean(r, "train_units_per_s") and _mean(r, f"test/{metric}") is not None]
-    if not rows:
+    if not _speed_and_quality(board):
         return None  # e.g. only int8 variants, which are not trained and so have no throughput
-    points = [(_mean(r, "train_units_per_s"), _mean(r, f"test/{metric}")) for r in rows]
-    front = pareto_front(points, higher)
     with _figure(path) as (ax,):
-        for i, (row, (x, y)) in enumerate(zip(rows, points)):
-            ax.scatter([x], [y], color=COLORS[i % 10], label=row_label(row), zorder=3)
-        ax.plot([points[i][0] for i in front], [points[i][1] for i in front], "k--", lw=1, zorder=2)
-        ax.scatter([points[i][0] for i in front], [points[i][1] for i in front], s=160, facecolors="none",
-                   edgecolors="k", label="Pareto front", zorder=4)
-        xs = [x for x, _ in points]
-        if max(xs) / min(xs) > 20:
-            ax.set_xscale("log")
-        ax.set_xlabel(f"training throughput ({board['unit']}/s, higher is better)")
-        ax.set_ylabel(f"test {metric} ({'higher' if higher else 'lower'} is better)")
-        ax.legend(fontsize=7)
+        draw_quality_vs_throughput(ax, board)
     return path
+
+
+def _speed_and_quality(board: dict[str, Any]) -> list[tuple[dict[str, Any], tuple[float, float]]]:
+    """(row, (throughput, test primary metric)) for the rows that have both."""
+    metric = board["primary_metric"]
+    return [(r, (_mean(r, "train_units_per_s"), _mean(r, f"test/{metric}"))) for r in board["rows"]
+            if _mean(r, "train_units_per_s") and _mean(r, f"test/{metric}") is not None]
+
+
+def draw_quality_vs_throughput(ax: Any, board: dict[str, Any]) -> None:
+    """The quality-vs-throughput plot on `ax` (apart from saving, so its artists can be inspected)."""
+    metric, higher = board["primary_metric"], board["metrics"].get(board["primary_metric"], False)
+    rows = _speed_and_quality(board)
+    points = [p for _, p in rows]
+    front = pareto_front(points, higher)
+    for i, (row, (x, y)) in enumerate(rows):
+        style = REFERENCE if row.get("reference_model", False) else {}
+        ax.scatter([x], [y], color=COLORS[i % 10], label=row_label(row), zorder=3, **style)
+    ax.plot([points[i][0] for i in front], [points[i][1] for i in front], "k--", lw=1, zorder=2)
+    ax.scatter([points[i][0] for i in front], [points[i][1] for i in front], s=160, facecolors="none",
+               edgecolors="k", label="Pareto front", zorder=4)
+    xs = [x for x, _ in points]
+    if max(xs) / min(xs) > 20:
+        ax.set_xscale("log")
+    ax.set_xlabel(f"training throughput ({board['unit']}/s, higher is better)")
+    ax.set_ylabel(f"test {metric} ({'higher' if higher else 'lower'} is better)")
+    ax.legend(fontsize=7)
 
 
 def learning_curves(board: dict[str, Any], records: dict[str, list[dict[str, Any]]], path: Path) -> Path | None:
@@ -87,12 +104,13 @@ def learning_curves(board: dict[str, Any], records: dict[str, list[dict[str, Any
             pts = [(p["units"], p["valid"].get(metric)) for p in record["learning_curve"]]
             pts = [(x, y) for x, y in pts if y is not None]
             if pts:
-                lines.append((pts, COLORS[i % 10], row_label(row) if n == 0 else None))
+                style = "--" if row.get("reference_model", False) else "-"  # a reference model's curves stand apart
+                lines.append((pts, COLORS[i % 10], style, row_label(row) if n == 0 else None))
     if not lines:
         return None
     with _figure(path) as (ax,):
-        for pts, color, label in lines:
-            ax.plot(*zip(*pts), marker="o", ms=3, color=color, label=label)
+        for pts, color, style, label in lines:
+            ax.plot(*zip(*pts), marker="o", ms=3, ls=style, color=color, label=label)
         ax.set_xlabel(f"training {board['unit']}")
         ax.set_ylabel(f"valid {metric}")
         ax.legend(fontsize=7)

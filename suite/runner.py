@@ -187,6 +187,14 @@ class Trainer:
             if bar:
                 bar.close()
 
+    def _warm_up_lr(self, steps_done: int) -> None:
+        """Linear learning-rate warm-up over the first train.lr_warmup_steps steps, on top of the epoch schedule
+        (step k runs at (k + 1) / warm-up of the scheduled rate; the last warm-up step restores it)."""
+        warmup = self.cfg.train.lr_warmup_steps
+        if steps_done < warmup:
+            for group, scheduled in zip(self.optimizer.param_groups, self.scheduler.get_last_lr()):
+                group["lr"] = scheduled * (steps_done + 1) / warmup
+
     def _step(self, timed_batch: tuple[Any, float]) -> tuple[float, int, bool]:
         """One optimizer step; (mean loss over all ranks, signal received by any rank or 0, checkpoint due)."""
         batch, fetch_start = timed_batch
@@ -196,6 +204,7 @@ class Trainer:
         value = loss.item()
         # Every rank steps even on a non-finite loss (DDP's gradient all-reduce needs them all); the run then
         # stops as diverged at once and its last weights are never evaluated.
+        self._warm_up_lr(p.steps)
         self.policy.step(loss, self.optimizer, self.params, self.cfg.train.clip)
         seconds = self.clock() - fetch_start
         due = self.clock() - self._last_checkpoint >= self.cfg.budget.checkpoint_every_seconds

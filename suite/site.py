@@ -19,10 +19,12 @@ from typing import Any
 
 from suite import plots
 from suite.errors import UserError
+from suite.leaderboard import REFERENCE_NOTE
 from suite.results import load_record
 
 ASSETS = Path(__file__).with_name("site_assets")
 CSP = "default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self'"
+BADGE = '<span class="badge">reference model</span>'
 
 
 def e(value: Any) -> str:
@@ -145,7 +147,15 @@ def _skipped(export: dict[str, Any]) -> str:
 def board_section(site: Site, i: int, board: dict[str, Any]) -> str:
     bid = board_id(i, board)
     return (f'<section class="board" id="{bid}"><h3>{e(board_title(board))}</h3>'
-            f"{_reference(board.get('reference'))}{board_table(site, board)}{board_plots(site, bid, board)}</section>")
+            f"{_reference(board.get('reference'))}{board_table(site, board)}{_legend(board)}"
+            f"{board_plots(site, bid, board)}</section>")
+
+
+def _legend(board: dict[str, Any]) -> str:
+    """What the badge means, under a board that has a reference-model row (others render as before)."""
+    if not any(r.get("reference_model", False) for r in board["rows"]):
+        return ""
+    return f'<p class="legend">{BADGE}: {e(REFERENCE_NOTE)}.</p>'
 
 
 def _arrow(higher: bool | None) -> str:
@@ -199,7 +209,7 @@ def _plain(value: float | None, text: str) -> tuple[float | None, str]:
 
 def columns(site: Site, board: dict[str, Any]) -> list[Column]:
     unit = e(board["unit"])
-    cols = [Column("model", False, "asc", lambda r: (r["model"], e(r["model"]))),
+    cols = [Column("model", False, "asc", lambda r: (r["model"], e(r["model"]) + _badge(r))),
             Column("variant", False, "asc", lambda r: (r["variant"], e(r["variant"])))]
     for name in metric_columns(board):
         split, metric = name.split("/", 1)
@@ -221,6 +231,11 @@ def columns(site: Site, board: dict[str, Any]) -> list[Column]:
         Column("records", False, "", lambda r: (None, _links(site, r))),
     ]
     return cols
+
+
+def _badge(row: dict[str, Any]) -> str:
+    """The reference-model label; outside the cell's data-sort, so sorting by model still sorts by name."""
+    return f" {BADGE}" if row.get("reference_model", False) else ""
 
 
 def _status(row: dict[str, Any]) -> str:
@@ -258,7 +273,8 @@ def board_table(site: Site, board: dict[str, Any]) -> str:
             key, text = c.cell(row)
             sort = "" if key is None else (repr(float(key)) if c.numeric else str(key).lower())
             cells.append(f'<td data-sort="{e(sort)}">{text}</td>' if c.first else f"<td>{text}</td>")
-        body.append(f'<tr class="run" data-key="{e(row["key"])}">{"".join(cells)}</tr>')
+        kind = "run reference-model" if row.get("reference_model", False) else "run"  # site.js sorts every tr.run
+        body.append(f'<tr class="{kind}" data-key="{e(row["key"])}">{"".join(cells)}</tr>')
     for models, why in ((board.get("missing", []), "missing: no run recorded"),
                         (board.get("not_applicable", []), "n/a: not applicable to this task")):
         body += [f'<tr class="na"><td>{e(m)}</td><td colspan="{len(cols) - 1}">{e(why)}</td></tr>' for m in models]

@@ -105,14 +105,15 @@ def board_table(board: dict[str, Any]) -> tuple[list[str], list[list[Any]]]:
     others = sorted({name for row in board["rows"] for name in row["stats"] if "/" in name} - {primary})
     plain = ["train_units_per_s", "normalized_throughput", "peak_memory_bytes"]
     columns = ["model", "variant", "device_class", f"{primary} mean", f"{primary} std", f"{primary} n",
-               *others, *plain, "params", "size_bytes", "status", "seeds", "key"]
+               *others, *plain, "params", "size_bytes", "reference_model", "status", "seeds", "key"]
     rows = []
     for row in board["rows"]:
         stats = row["stats"]
         best = stats.get(primary, {"mean": None, "std": None, "n": 0})
         rows.append([row["model"], row["variant"], row["device_class"], best["mean"], best["std"], best["n"],
                      *(stats.get(name, {}).get("mean") for name in others + plain), row["params"],
-                     row["size_bytes"], ", ".join(f"{k} {n}" for k, n in sorted(row["status"].items())),
+                     row["size_bytes"], row.get("reference_model", False),
+                     ", ".join(f"{k} {n}" for k, n in sorted(row["status"].items())),
                      ",".join(map(str, row["seeds"])), row["key"]])
     return columns, rows
 

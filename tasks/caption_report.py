@@ -30,7 +30,8 @@ def save_captions(task: Captioning, out_dir: Path) -> dict[str, Path]:
 
 def save_examples(task: Captioning, model: nn.Module, out_dir: Path) -> dict[str, Path]:
     """PNGs of the first `options.examples` test images: the image, its caption, and per word the
-    attention over the feature grid (when the model attends)."""
+    attention over the feature grid (when the model attends; a Transformer decoder's is its last layer's
+    cross-attention averaged over heads)."""
     count = min(task.cfg.options.examples, len(task.splits["test"].images))
     if count == 0:
         return {}

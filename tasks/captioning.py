@@ -275,13 +275,14 @@ class Captioning(Task):
 
     def flops_per_unit(self, model: nn.Module) -> int:
         """Decoder step, attention over the grid and the output layer per word (the image encoder, run once
-        per caption, is left out)."""
+        per caption, is left out). A Transformer decoder's step counts its own (nominal) attention, and its
+        head is the output layer alone."""
         b = model.backbone
         side = self.cfg.options.image_size
         cells = (self.inputs["train"].size(-1) // 4) ** 2 if self.cfg.source == "synthetic" else (
             -(-side // 32)) ** 2
         attention = 0 if model.attention is None else 4 * cells * model.combine.in_features
-        head = sum(2 * m.in_features * m.out_features for m in (model.combine, model.out))
+        head = sum(2 * m.in_features * m.out_features for m in (model.combine, model.out) if m is not None)
         return b.flops_per_step() + attention + head
 
     def sample_input(self, batch_size: int, length: int) -> tuple:

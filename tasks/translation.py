@@ -35,7 +35,6 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from baselines.flops import stack_flops
 from suite.archives import extract
 from suite.decoding import decode
 from suite.errors import DataError, UserError
@@ -44,7 +43,7 @@ from suite.registry import register_task
 from tasks.attention import ATTENTIONS
 from tasks.base import BackboneFactory, Task
 from tasks.batching import bucket_order
-from tasks.seq2seq import Seq2Seq
+from tasks.seq2seq import build_seq2seq
 from tasks.subwords import BOS, EOS, PAD, train_or_load_bpe
 from tasks.synthetic_translation import ParallelSource
 from tasks.translation_report import no_attention_reference, save_heatmaps, save_hypotheses
@@ -263,8 +262,8 @@ class Translation(Task):
 
     def build(self, make_backbone: BackboneFactory) -> nn.Module:
         opts: TranslationOptions = self.cfg.options
-        return Seq2Seq(self.src_tok.get_vocab_size(), self.tgt_tok.get_vocab_size(), opts.emb_size,
-                       opts.attention, opts.dropout, self.cfg.backbone, make_backbone)
+        return build_seq2seq(self.src_tok.get_vocab_size(), self.tgt_tok.get_vocab_size(), opts.emb_size,
+                             opts.attention, opts.dropout, self.cfg.backbone, make_backbone)
 
     def units_per_epoch(self) -> int:
         return int(sum(len(t) for t in self.splits["train"].tgt))
@@ -325,12 +324,7 @@ class Translation(Task):
         """Encoder work per target token (source/target length ratio), decoder step, attention, output."""
         train = self.splits["train"]
         ratio = float(train.src_lengths.sum()) / self.units_per_epoch()
-        mean_src = float(train.src_lengths.mean())
-        dec = model.decoder
-        decoder = stack_flops(model.backbone.cell, dec.input_size, dec.hidden_size, dec.num_layers, 1)
-        attention = 0 if model.attention is None else 4 * int(mean_src) * model.backbone.output_size
-        head = sum(2 * m.in_features * m.out_features for m in (model.combine, model.out))
-        return int(model.backbone.flops_per_step() * ratio) + decoder + attention + head
+        return int(model.backbone.flops_per_step() * ratio) + model.decoder_flops(float(train.src_lengths.mean()))
 
     def sample_input(self, batch_size: int, length: int) -> tuple:
         gen = torch.Generator().manual_seed(0)

@@ -59,7 +59,7 @@ def test_list_prints_every_kind_and_the_matrix():
     header = next(line.split() for line in matrix if line.split()[:1] == ["task"])
     row = next(line.split() for line in matrix if line.split()[:1] == ["ptb"])
     assert dict(zip(header, row)) == {"task": "ptb", "rnn": "yes", "lstm": "yes", "gru": "yes", "brnn": "n/a",
-                                      "resrnn": "yes"}
+                                      "resrnn": "yes", "transformer": "yes"}
 
 
 def test_run_then_show(tmp_path):

@@ -73,3 +73,24 @@ def test_run_id_is_stable_and_config_round_trips():
     assert back == a and isinstance(back, RunConfig) and dataclasses.is_dataclass(back.options)
     with pytest.raises(dataclasses.FrozenInstanceError):
         a.seed = 2
+
+
+def test_a_models_preset_sits_between_the_tasks_and_the_users():
+    from tiny import TASKS
+
+    from baselines.transformer import Transformer
+    from suite.config import build_config, model_preset
+
+    imdb = TASKS["imdb"]
+
+    def config(model, *overrides):
+        return build_config("imdb", model, budget="smoke", options_cls=imdb.Options, presets=imdb.presets,
+                            overrides=list(overrides))
+
+    assert Transformer.presets["imdb"]["smoke"] == model_preset("transformer", "imdb", "smoke")
+    lstm, transformer = config("lstm"), config("transformer")
+    assert (lstm.options.pooling, lstm.train.lr) == ("last", imdb.presets["smoke"]["train.lr"])  # the task's recipe
+    assert (transformer.options.pooling, transformer.train.lr) == ("max", 1e-3)  # the model's wins over it
+    assert transformer.backbone == lstm.backbone  # sizes stay the task's, so the match to the LSTM holds
+    assert config("transformer", "options.pooling=mean").options.pooling == "mean"  # and the user's over both
+    assert model_preset("transformer", "video", "smoke") == {} and model_preset("nonesuch", "imdb", "smoke") == {}

@@ -209,6 +209,9 @@ def test_one_process_runs_keep_their_ids_and_rows() -> None:
     import hashlib
 
     cfg = tiny_config("gru")
-    without = {k: v for k, v in cfg.to_dict().items() if k != "world_size"}
+    without = {k: v for k, v in cfg.to_dict().items() if k != "world_size"}  # the config before either field
+    without["train"] = {k: v for k, v in without["train"].items() if k != "lr_warmup_steps"}
     assert cfg.digest() == hashlib.sha256(json.dumps(without, sort_keys=True).encode()).hexdigest()
     assert dataclasses.replace(cfg, world_size=2).run_id != cfg.run_id
+    assert tiny_config("gru", "train.lr_warmup_steps=10").run_id != cfg.run_id
+    assert "lr_warmup_steps" in cfg.to_dict()["train"]  # the record still states it

@@ -79,3 +79,15 @@ def test_precision_policies_on_cpu(tmp_path):
     assert trainer.policy.scaler.get_scale() > 0
     _, out = train(tmp_path, "budget.max_units=400", "budget.max_seconds=None", precision="bf16")
     assert out.status == "completed" and math.isfinite(out.progress.curve[-1]["valid"]["ppl"])
+
+
+def test_lr_warmup_rises_linearly_then_holds_the_scheduled_rate(tmp_path):
+    cfg = tiny_config("lstm", "budget.max_units=400", "budget.max_seconds=None", "train.optimizer=sgd",
+                      "train.lr=2.0", "train.lr_warmup_steps=4")
+    task, model = prepared(cfg)
+    trainer = Trainer(cfg, task, model, torch.device("cpu"), tmp_path / "ckpt", progress_bar=False)
+    rates = []
+    trainer.optimizer.register_step_pre_hook(lambda opt, *_: rates.append(opt.param_groups[0]["lr"]))
+    out = trainer.run()
+    assert out.progress.steps == 10 == len(rates)  # 400 tokens at 4 x 10 a step
+    assert rates == pytest.approx([0.5, 1.0, 1.5, 2.0, 2.0, 2.0, 2.0, 2.0, 2.0, 2.0])

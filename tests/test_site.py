@@ -5,14 +5,17 @@ The browser tests skip where Debian's chromium is absent (CI installs it); the r
 import copy
 import time
 import urllib.parse
+import xml.etree.ElementTree as ET
 from pathlib import Path
 
 import pytest
 import torch
+from matplotlib import rc_context
+from matplotlib.colors import to_hex
 from tiny import tiny_config
 
 from suite import experiment, leaderboard, plots, site
-from suite.results import record_path, write_record
+from suite.results import load_record, record_path, write_record
 
 CHROMIUM = Path("/usr/lib/chromium/chromium")
 FLAGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
@@ -216,3 +219,87 @@ def test_a_model_name_with_html_renders_as_text(built, browser):
     assert visit.page.locator("h1").inner_text().startswith(EVIL) and EVIL_RUN in visit.page.inner_text("body")
     assert visit.page.locator('img[src="x"], [onerror], b').count() == 0
     assert visit.dialogs == [] and visit.errors == []
+
+
+@pytest.fixture(scope="module")
+def with_reference(built, tmp_path_factory):
+    """lstm (an old record: no flag), gru, a real-data gru, and the Transformer reference model: copies of real
+    records, the transformer's test ppl halfway between gru's and lstm's and its training speed the slowest."""
+    export, _, _ = built
+    results = Path(export["results_dir"])
+    _, board = synthetic_board(export)
+    first = {r["model"]: load_record(results / r["records"][0]) for r in board["rows"] if r["variant"] == "dense"}
+    lstm, gru = first["lstm"], first["gru"]
+    lstm["model"].pop("reference_model", None)
+    ppl = (lstm["metrics"]["test"]["ppl"] + gru["metrics"]["test"]["ppl"]) / 2
+    slowest = min(r["throughput"]["train_units_per_s"] for r in (lstm, gru)) / 2
+    transformer = _copy_as(gru, gru["run_id"] + "-transformer", config__model="transformer",
+                           model__name="transformer", model__reference_model=True, metrics__test__ppl=ppl,
+                           throughput__train_units_per_s=slowest)
+    real = _copy_as(gru, gru["run_id"] + "-real", config__source="real", data__source="real", data__synthetic=False)
+    out = tmp_path_factory.mktemp("reference")
+    for record in (lstm, gru, transformer, real):
+        write_record(record, record_path(out / "results", record))
+    ref_export = leaderboard.build_export(out / "results")
+    return ref_export, site.write_site(ref_export, out / "results", out)
+
+
+def test_the_reference_model_gets_its_own_marker_and_legend_entry_in_the_plots(with_reference, tmp_path):
+    export, index = with_reference
+    i, board = synthetic_board(export)
+    with rc_context(plots.STYLE):
+        fig, ax = plots.plt.subplots()  # pyplot as suite.plots set it up (Agg)
+        try:
+            plots.draw_quality_vs_throughput(ax, board)
+            handles, labels = ax.get_legend_handles_labels()
+            legend = [t.get_text() for t in ax.get_legend().get_texts()]
+        finally:
+            plots.plt.close(fig)
+    marker = {label: (h.get_paths()[0].vertices.round(6).tolist(), float(h.get_sizes()[0]))
+              for h, label in zip(handles, labels, strict=True)}
+    reference = marker.pop("transformer (reference model)")
+    del marker["Pareto front"]
+    assert sorted(marker) == ["gru", "lstm"] and marker["gru"] == marker["lstm"]  # recurrent rows alike
+    assert reference[0] != marker["gru"][0] and reference[1] > marker["gru"][1]  # another shape, larger
+    assert legend == labels  # every row is in the legend, named as above
+    bid = site.board_id(i, board)
+    svg = (index.parent / "plots" / f"{bid}-pareto.svg").read_text()
+    assert svg.count(">transformer (reference model)</text>") == 1  # text stays text in the saved file
+    curves = (index.parent / "plots" / f"{bid}-curves.svg").read_text()
+    colors = {r["model"]: to_hex(plots.COLORS[n]) for n, r in enumerate(board["rows"])}
+    dashed = [p for p in ET.fromstring(curves).iter("{http://www.w3.org/2000/svg}path")
+              if "stroke-dasharray" in p.get("style", "")]
+    # the transformer's curve and its legend sample are dashed, nothing else is
+    assert len(dashed) == 2 and all(f"stroke: {colors['transformer']}" in p.get("style") for p in dashed)
+    assert ">transformer (reference model)</text>" in curves
+
+
+@needs_chromium
+def test_the_reference_row_is_marked_explained_and_sorts_by_its_values(with_reference, browser):
+    export, index = with_reference
+    i, board = synthetic_board(export)
+    bid = site.board_id(i, board)
+    (ref,) = [r for r in board["rows"] if r["reference_model"]]
+    mean = {r["key"]: r["stats"]["test/ppl"]["mean"] for r in board["rows"]}
+    speed = {r["key"]: r["stats"]["train_units_per_s"]["mean"] for r in board["rows"]}
+    name = {r["key"]: r["model"] for r in board["rows"]}
+    visit = Visit(browser, index)
+    marked = visit.page.locator("tr.reference-model")
+    assert marked.count() == 1 and marked.get_attribute("data-key") == ref["key"]
+    assert marked.locator("td").first.inner_text() == "transformer reference model"
+    assert marked.locator("td").first.get_attribute("data-sort") == "transformer"  # the badge is not sorted on
+    assert marked.locator("td:first-child .badge").inner_text() == "reference model"
+    assert visit.page.locator(".badge").count() == 2  # the row's and the legend's
+    legend = visit.page.locator(f"#{bid} p.legend")
+    assert legend.count() == 1 and "a non-recurrent model shown for comparison" in legend.inner_text()
+    (real,) = [site.board_id(n, b) for n, b in enumerate(export["boards"]) if not b["synthetic"]]
+    assert visit.page.locator(f"#{real} p.legend, #{real} tr.reference-model").count() == 0
+    assert visit.rows(bid) == sorted(mean, key=mean.get) and visit.rows(bid)[1] == ref["key"]  # between the two
+    primary = visit.page.locator(f"#{bid} th", has_text="test ppl").locator("button")
+    primary.click()
+    assert visit.rows(bid) == sorted(mean, key=lambda k: -mean[k]) and visit.rows(bid)[1] == ref["key"]
+    visit.page.locator(f"#{bid} th", has_text="train tokens/s").locator("button").click()
+    assert visit.rows(bid) == sorted(speed, key=lambda k: -speed[k]) and visit.rows(bid)[-1] == ref["key"]
+    visit.page.locator(f"#{bid} th", has_text="model").first.locator("button").click()
+    assert [name[k] for k in visit.rows(bid)] == ["gru", "lstm", "transformer"]  # by name, the badge aside
+    assert visit.errors == [] and visit.requests == []

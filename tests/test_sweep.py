@@ -36,7 +36,7 @@ def test_the_plan_drops_what_does_not_apply_and_orders_parents_first(capsys: pyt
     runs, dropped = sweep.plan({"task": "ptb,imdb", "model": "all", "source": "synthetic", "budget": "smoke",
                                 "seed": "1,2", "variant": "dense,quant-dynamic-int8"}, "cpu")
     assert dropped == ["skipped ptb x brnn: not applicable (brnn is bidirectional, ptb is causal)"]
-    assert len(runs) == (4 + 5) * 2 * 2
+    assert len(runs) == (5 + 6) * 2 * 2  # ptb: all but brnn, imdb: all six (the transformer included)
     kinds = [r.variant for r in runs]
     assert kinds == sorted(kinds, key=lambda v: v != "dense")  # every dense run before any variant
     assert len({r.run_id for r in runs}) == len(runs)

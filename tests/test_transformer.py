@@ -1,4 +1,4 @@
-"""The Transformer reference backbone on its own (baselines/transformer.py; not registered yet): size matched
+"""The Transformer reference backbone on its own (baselines/transformer.py): size matched
 to the LSTM of every task's smoke and standard settings, causality of the decoder and not of the encoder,
 the carried context, and the Linear layers the pruning and int8 variants reach."""
 from __future__ import annotations
@@ -132,7 +132,7 @@ def test_incremental_decoding_with_the_cache_equals_a_full_recompute() -> None:
     mask = torch.tensor([[1, 1, 1, 1, 1], [1, 1, 1, 0, 0], [1, 1, 0, 0, 0]], dtype=torch.bool)
     with torch.no_grad():
         full = decoder(x, memory, mask)  # (B, T, D)
-        state, steps = decoder.init_state(memory, mask), []
+        state, steps = decoder.init_state(3, memory, mask), []
         for t in range(x.size(1)):
             out, state = decoder.step(x[:, t], state)
             steps.append(out)
@@ -147,3 +147,108 @@ def test_incremental_decoding_with_the_cache_equals_a_full_recompute() -> None:
         again, _ = decoder.step(nxt, moved)
         redo = decoder(torch.cat([x[order], nxt[:, None]], 1), memory[order], mask[order])[:, -1]
     assert torch.allclose(again, redo, atol=1e-5)
+
+
+def test_the_decoder_without_memory_decodes_incrementally_too() -> None:
+    from baselines.transformer import TransformerDecoder
+
+    torch.manual_seed(0)
+    decoder = TransformerDecoder(8, None, BackboneConfig(hidden_size=16, num_layers=2)).eval()
+    assert decoder.memory_proj is None and not decoder.net.config.add_cross_attention
+    x = torch.randn(2, 5, 8, generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        full, state, steps = decoder(x), decoder.init_state(2), []
+        for t in range(x.size(1)):
+            out, state = decoder.step(x[:, t], state)
+            steps.append(out)
+    assert state["rows"].shape == (2, 0) and torch.allclose(torch.stack(steps, 1), full, atol=1e-5)
+
+
+def translation_model(attention: str = "additive"):
+    from tiny import prepared, tiny_config
+
+    return prepared(tiny_config("transformer", f"options.attention='{attention}'", task_name="translation"))
+
+
+def test_translation_decodes_with_the_cache_as_teacher_forcing_scores() -> None:
+    """Greedy search through `step` and its cache picks, at every position, the arg-max of the teacher-forced
+    logits of the prefix it decoded: an independent full recompute of the same tokens."""
+    from suite.decoding import greedy_search
+    from tasks.seq2seq import TransformerSeq2Seq
+    from tasks.subwords import BOS, EOS
+
+    task, model = translation_model()
+    model.eval()
+    assert isinstance(model, TransformerSeq2Seq) and model.decoder.cross
+    _, (src, lengths, _, _) = next(task.eval_batches("valid"))
+    with torch.no_grad():
+        found = greedy_search(model.step, model.init_state(src, lengths), BOS, EOS, 8)
+        for row, tokens in enumerate(found.tokens[:4]):
+            prefix = torch.tensor([[BOS, *tokens]])
+            log_probs = model(src[row:row + 1, :lengths[row]], lengths[row:row + 1], prefix)[0].log_softmax(-1)
+            expected = [*tokens, EOS] if found.finished[row] else tokens
+            assert log_probs[:len(expected)].argmax(-1).tolist() == expected
+            score = log_probs[torch.arange(len(expected)), expected].sum()
+            assert float(score) == pytest.approx(found.scores[row], abs=1e-4)
+
+
+def test_translation_attention_is_the_decoders_cross_attention_and_none_leaves_one_vector() -> None:
+    task, model = translation_model()
+    model.eval()
+    _, (src, lengths, tgt_in, _) = next(task.eval_batches("valid"))
+    with torch.no_grad():
+        logits, weights = model.teacher_forced(src, lengths, tgt_in)
+        assert torch.allclose(logits, model(src, lengths, tgt_in), atol=1e-5)  # eager attention, same numbers
+    assert weights.shape == (*tgt_in.shape, src.size(1))
+    assert torch.allclose(weights.sum(-1), torch.ones(tgt_in.shape), atol=1e-5)
+    valid = torch.arange(src.size(1))[None, :] < lengths[:, None]
+    assert float(weights.masked_select(~valid[:, None, :].expand_as(weights)).abs().sum()) == 0.0
+    _, blind = translation_model("none")
+    memory, mask = blind.encode(src, lengths)
+    assert memory.shape == (src.size(0), 1, blind.backbone.output_size) and mask.all()
+    assert blind.teacher_forced(src, lengths, tgt_in)[1] is None
+
+
+def test_translation_sizes_match_the_lstm_seq2seq_parts() -> None:
+    _, model = translation_model()
+    encoder, decoder = model.backbone.describe(), model.decoder.describe()
+    assert encoder["kind"] == "modernbert-encoder" and decoder["kind"] == "gpt2-decoder-cross-attention"
+    for part in (encoder, decoder):
+        assert abs(part["backbone_params"] / part["lstm_params"] - 1) < 0.05, part
+
+
+@pytest.mark.parametrize("task_name, precision", [("ptb", "bf16"), ("imdb", "fp16"), ("translation", "bf16")])
+def test_it_trains_under_the_mixed_precision_policies(task_name: str, precision: str, tmp_path) -> None:
+    """The same autocast path as the recurrent models, on the decoder, the encoder and the encoder-decoder."""
+    import math
+
+    from tiny import tiny_config
+
+    from suite import experiment
+
+    cfg = tiny_config("transformer", "budget.max_units=300", "budget.max_seconds=None", task_name=task_name,
+                      precision=precision)
+    record, _ = experiment.run(cfg, tmp_path, progress_bar=False)
+    assert record["status"] == "completed" and record["config"]["precision"] == precision
+    assert all(math.isfinite(v) for v in record["metrics"]["test"].values())
+
+
+def test_the_record_carries_both_counts_the_context_and_the_reference_mark(tmp_path) -> None:
+    from tiny import tiny_config
+
+    from suite import experiment
+    from suite.results import load_record
+
+    cfg = tiny_config("transformer", "budget.max_units=400", "budget.max_seconds=None")
+    record, path = experiment.run(cfg, tmp_path, progress_bar=False)
+    model = load_record(path)["model"]  # read back: the schema check accepts the new fields
+    backbone = model["architecture"]["backbone"]
+    assert model["reference_model"] is True and backbone["kind"] == "gpt2-decoder"
+    assert backbone["lstm_params"] == lstm_params(16, cfg.backbone)
+    assert abs(backbone["backbone_params"] / backbone["lstm_params"] - 1) < 0.05
+    assert backbone["context_steps"] == cfg.options.bptt  # evaluated with the previous window as context
+    assert model["params"] > backbone["backbone_params"]  # the embeddings and the output layer come on top
+    # An int8 variant of it keeps the parent's counts (its Linear weights are packed, not parameters).
+    variant, _ = experiment.run_variant("quant-dynamic-int8", 0, record, path, tmp_path, progress_bar=False)
+    assert variant["model"]["architecture"] == model["architecture"] and variant["model"]["reference_model"]
+    assert variant["variant"]["size_bytes"] < variant["variant"]["parent_size_bytes"]

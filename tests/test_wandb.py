@@ -18,6 +18,7 @@ from tiny import TINY, tiny_config
 from suite import experiment, leaderboard, tracking
 from suite.config import build_config
 from suite.registry import TASKS
+from suite.results import record_path, write_record
 
 WANDB, WORKSPACES = "0.31.0", "0.4.13"
 SHORT = ["budget.max_units=1000", "budget.max_seconds=None"]
@@ -174,3 +175,29 @@ def test_publish_command_fails_cleanly_without_a_login(tmp_path, dead_url, monke
     done = subprocess.run([sys.executable, "-m", "suite.tracking", "publish", str(spec), "--entity", "e"],
                           capture_output=True, text=True, timeout=60)
     assert done.returncode == 1 and done.stderr.startswith(f"error: could not publish {spec}")
+
+
+def test_the_leaderboard_table_flags_the_reference_model(results, offline, tmp_path):
+    """A Transformer reference-model record beside old records without the flag: the logged table's
+    reference_model column reads True for it and False for the recurrent rows."""
+    root, curve = results
+    transformer = json.loads(json.dumps(curve))
+    transformer["run_id"] += "-transformer"
+    transformer["config"]["model"] = transformer["model"]["name"] = "transformer"
+    transformer["model"]["reference_model"] = True
+    for path in root.glob("*/*/*.json"):
+        record = json.loads(path.read_text())
+        record["model"].pop("reference_model", None)  # written before the flag existed
+        write_record(record, record_path(tmp_path / "results", record))
+    write_record(transformer, record_path(tmp_path / "results", transformer))
+    export = leaderboard.build_export(tmp_path / "results")
+    tracking.log_leaderboard(export, "seqsuite-test", None, tmp_path / "out")
+    [run_dir] = offline.glob("offline-run-*")
+    summary = inspect(run_dir, summary=True)[0]["summary"]
+    flags = {}
+    for board in export["boards"]:
+        table = json.loads((run_dir / "files" / summary[tracking.board_key(board)]["path"]).read_text())
+        column = table["columns"].index("reference_model")
+        flags.update({(tracking.board_key(board), r[0]): r[column] for r in table["data"]})
+    assert flags == {("ptb-synthetic-small-fp32", "gru"): False, ("ptb-synthetic-smoke-fp32", "gru"): False,
+                     ("ptb-synthetic-smoke-fp32", "lstm"): False, ("ptb-synthetic-smoke-fp32", "transformer"): True}
