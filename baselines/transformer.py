@@ -23,11 +23,13 @@ replaced by the equivalent nn.Linear, so that the pruning and int8 variants reac
 """
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 import torch
 from torch import Tensor, nn
 
+from baselines.padding import valid_steps
 from baselines.recurrent import check_options
 from suite.config import BackboneConfig
 from suite.errors import UserError
@@ -43,6 +45,15 @@ def lstm_params(input_size: int, cfg: BackboneConfig) -> int:
     """Parameters of the stacked LSTM of the same settings: 4 gates x (input + recurrent weights + 2 biases)."""
     h = cfg.hidden_size
     return sum(4 * (size * h + h * h + 2 * h) for size in [input_size] + [h] * (cfg.num_layers - 1))
+
+
+def params_outside(build: Callable[[], nn.Module], skip: tuple[str, ...]) -> int:
+    """Parameters of the model `build()` makes outside its submodules named in `skip`: how an encoder-decoder
+    task sizes the Transformer's decoder to the parts of its LSTM model that the decoder stands in for. Built on
+    the meta device, so it costs no memory and no initialisation."""
+    with torch.device("meta"):
+        model = build()
+    return sum(p.numel() for name, p in model.named_parameters() if not name.startswith(tuple(f"{s}." for s in skip)))
 
 
 def heads_for(width: int) -> int:
@@ -115,13 +126,6 @@ def modernbert(width: int, layers: int, inner: int, dropout: float) -> nn.Module
     return net
 
 
-def padding_mask(lengths: Tensor | None, batch: int, steps: int, device: torch.device) -> Tensor:
-    """(B, T) True at real steps."""
-    if lengths is None:
-        return torch.ones(batch, steps, dtype=torch.bool, device=device)
-    return torch.arange(steps, device=device)[None, :] < lengths.to(device)[:, None]
-
-
 def embedding_params(net: nn.Module) -> int:
     """Token and position tables and ModernBERT's embedding norm: what the matching leaves out."""
     return sum(p.numel() for name, p in net.named_parameters() if name.startswith(("wte.", "wpe.", "embeddings.")))
@@ -177,7 +181,7 @@ class Transformer(nn.Module):
         if inputs.size(1) > MAX_POSITIONS:
             raise UserError(f"a sequence of {inputs.size(1)} steps is longer than the Transformer's "
                             f"{MAX_POSITIONS} positions: shorten the task's windows or inputs")
-        mask = padding_mask(lengths, batch, steps, x.device)  # (B, T)
+        mask = valid_steps(lengths, steps, batch, x.device)  # (B, T)
         full = torch.cat([mask.new_ones(batch, context), mask], 1)  # (B, C + T)
         hidden = self.net(inputs_embeds=self.proj(inputs), attention_mask=full.long()).last_hidden_state
         self.context_steps = max(self.context_steps, context)

@@ -6,6 +6,7 @@ the CI machine is; throughput is compared through the reference-normalized figur
 
     python benchmarks/regression.py --results /tmp/bench  # then: suite compare results/baselines/smoke /tmp/bench
     python benchmarks/regression.py --results results/baselines/smoke  # refresh the committed baseline
+    python benchmarks/regression.py --results results/baselines/smoke --models transformer  # add one model's rows
 """
 from __future__ import annotations
 
@@ -15,7 +16,7 @@ import sys
 from pathlib import Path
 
 from suite.experiment import applicable_models
-from suite.registry import TASKS, load_plugins
+from suite.registry import MODELS, TASKS, load_plugins
 
 # Units per run by task (each task counts its own unit): about 5-20 s per model on 2 CPU cores, past the
 # point where every baseline has learnt its synthetic source (see the smoke tests of each task).
@@ -40,9 +41,14 @@ def main() -> int:
     parser.add_argument("--units", action="append", default=[], metavar="TASK=N",
                         help=f"training units of one task's runs (default {UNITS})")
     parser.add_argument("--tasks", nargs="*", default=None, help="only these tasks (default: every registered one)")
+    parser.add_argument("--models", nargs="*", default=None,
+                        help="only these models (default: every one that applies to each task)")
     args = parser.parse_args()
     load_plugins()
     units = unit_counts(args.units)
+    for model in args.models or ():
+        if model not in MODELS:
+            raise SystemExit(f"--models: unknown model {model!r}; choose from {', '.join(MODELS)}")
     failed = 0
     for task, task_cls in TASKS.items():
         if args.tasks is not None and task not in args.tasks:
@@ -50,6 +56,8 @@ def main() -> int:
         if task not in units:
             raise SystemExit(f"no unit count for task {task}: add it to UNITS in {__file__} or pass --units {task}=N")
         for model in applicable_models(task_cls):
+            if args.models is not None and model not in args.models:
+                continue
             cmd = [sys.executable, "-m", "suite.cli", "run", "--task", task, "--model", model, "--source",
                    "synthetic", "--budget", "smoke", "--device", "cpu", "--no-progress", "--results",
                    str(args.results), "--set", "budget.max_seconds=None", "--set", f"budget.max_units={units[task]}"]

@@ -23,6 +23,7 @@ from torch import Tensor, nn
 from torch.utils._pytree import tree_map
 
 from baselines.recurrent import LSTM
+from baselines.transformer import params_outside
 from suite.config import BackboneConfig
 from tasks.attention import Attention
 from tasks.base import BackboneFactory
@@ -159,10 +160,8 @@ def rnn_decoder_params(feature_size: int, emb_size: int, attention: str, blind: 
     """Parameters of the LSTM captioner outside its image encoder, word table and output layer (the LSTM, the
     initial-state projections, attention and `combine`): what the Transformer's decoder, whose cross-attention
     does all their jobs, is sized to. Built on the meta device: no memory, no initialisation."""
-    with torch.device("meta"):
-        rnn = Captioner(1, feature_size, emb_size, attention, blind, 0.0, backbone_cfg,
-                        lambda n: LSTM(n, backbone_cfg))
-    return sum(p.numel() for name, p in rnn.named_parameters() if not name.startswith(("image.", "embed.", "out.")))
+    return params_outside(lambda: Captioner(1, feature_size, emb_size, attention, blind, 0.0, backbone_cfg,
+                                            lambda n: LSTM(n, backbone_cfg)), ("image", "embed", "out"))
 
 
 def doubly_stochastic_penalty(weights: Tensor, tgt_out: Tensor) -> Tensor:

@@ -5,11 +5,13 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from baselines.padding import valid_steps
+
 
 def pool(out: torch.Tensor, lengths: torch.Tensor, how: str, directions: int) -> torch.Tensor:
     """(B, T, D) outputs -> (B, D) features, from the valid positions t < length only."""
     lengths = lengths.to(out.device)
-    valid = torch.arange(out.size(1), device=out.device)[None, :] < lengths[:, None]  # (B, T)
+    valid = valid_steps(lengths, out.size(1))  # (B, T)
     if how == "mean":
         return (out * valid[..., None]).sum(1) / lengths[:, None].to(out.dtype)
     if how == "max":
@@ -33,7 +35,7 @@ class AttentionPool(nn.Module):
         self.score = nn.Linear(hidden, 1, bias=False)
 
     def forward(self, out: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
-        valid = torch.arange(out.size(1), device=out.device)[None, :] < lengths.to(out.device)[:, None]  # (B, T)
+        valid = valid_steps(lengths, out.size(1), device=out.device)  # (B, T)
         scores = self.score(torch.tanh(self.project(out))).squeeze(-1)  # (B, T)
         weights = scores.masked_fill(~valid, float("-inf")).softmax(dim=1)  # (B, T), zero past each length
         return (weights.unsqueeze(-1) * out).sum(dim=1)  # (B, D)

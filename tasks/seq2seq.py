@@ -23,7 +23,9 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from baselines.flops import stack_flops
+from baselines.padding import valid_steps
 from baselines.recurrent import LSTM, make_rnn
+from baselines.transformer import params_outside
 from suite.config import BackboneConfig
 from tasks.attention import Attention
 from tasks.base import BackboneFactory
@@ -45,11 +47,8 @@ def rnn_decoder_params(emb_size: int, attention: str, backbone_cfg: BackboneConf
     """Parameters of the LSTM encoder-decoder outside its embeddings, encoder and output layer (its decoder RNN,
     bridge, attention and attentional layer): what the Transformer's decoder is sized to. Built on the meta
     device, so it costs no memory and no initialisation."""
-    with torch.device("meta"):
-        rnn = Seq2Seq(nn.Embedding(1, emb_size), LSTM(emb_size, backbone_cfg), 1, emb_size, attention, 0.0,
-                      backbone_cfg)
-    return sum(p.numel() for name, p in rnn.named_parameters()
-               if not name.startswith(("src_embed.", "tgt_embed.", "backbone.", "out.")))
+    return params_outside(lambda: Seq2Seq(nn.Embedding(1, emb_size), LSTM(emb_size, backbone_cfg), 1, emb_size,
+                                          attention, 0.0, backbone_cfg), ("src_embed", "tgt_embed", "backbone", "out"))
 
 
 class Seq2Seq(nn.Module):
@@ -83,7 +82,7 @@ class Seq2Seq(nn.Module):
     def init_state(self, src: Tensor, src_len: Tensor) -> dict[str, Tensor]:
         """Encode once; every entry is batch-first so that beam search can expand and reorder it."""
         memory, _ = self.backbone(self.drop(self.src_embed(src)), src_len)  # (B, S, D), zeros past each length
-        mask = torch.arange(src.size(1), device=src.device)[None, :] < src_len.to(src.device)[:, None]  # (B, S)
+        mask = valid_steps(src_len, src.size(1), device=src.device)  # (B, S)
         last = pool(memory, src_len, "last", self.directions)  # (B, D) both directions' final states
         h = torch.tanh(self.bridge(last)).view(-1, self.layers, self.hidden)  # (B, L, H)
         state = {"h": h, "memory": memory, "mask": mask}
@@ -155,7 +154,7 @@ class TransformerSeq2Seq(nn.Module):
     def encode(self, src: Tensor, src_len: Tensor) -> tuple[Tensor, Tensor]:
         """The memory the decoder reads, (B, S, D) encoder outputs, or (B, 1, D) their mean for `none`, and its mask."""
         memory, _ = self.backbone(self.drop(self.src_embed(src)), src_len)  # (B, S, D), zeros past each length
-        mask = torch.arange(src.size(1), device=src.device)[None, :] < src_len.to(src.device)[:, None]  # (B, S)
+        mask = valid_steps(src_len, src.size(1), device=src.device)  # (B, S)
         if self.attention is None:
             return pool(memory, src_len, "mean", 1)[:, None], mask[:, :1]
         return memory, mask

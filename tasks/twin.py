@@ -3,13 +3,14 @@ trained through the one runner on the same data and evaluated like any run.
 
 The twin trains under the run's own budget (or for a fixed number of units), with the run's random
 state left untouched, and its metrics are cached under the data dir keyed by the twin's config digest,
-the task's version and metrics, and the data checksum, so that each (config, data) pair pays for it
-once and a variant reuses its parent's.
+the task's version and metrics, the data checksum and a digest of the code that trains it, so that each
+(config, data, code) triple pays for it once and a variant reuses its parent's.
 """
 from __future__ import annotations
 
 import copy
 import dataclasses
+import functools
 import hashlib
 import json
 import tempfile
@@ -28,6 +29,20 @@ from tasks.base import Task
 
 REFERENCE_VERSION = 2
 """Part of every cache key: bump it when what a cached reference means changes."""
+CODE_PACKAGES = ("suite", "tasks", "baselines")
+"""The packages whose source trains and scores a twin: an edit to any of them retrains cached lines."""
+
+
+@functools.cache
+def code_digest(root: Path = Path(__file__).resolve().parents[1], packages: tuple[str, ...] = CODE_PACKAGES) -> str:
+    """sha256 over the paths and bytes of the .py files of `packages` under `root`. Part of the cache key, so
+    that a line cached by older model or task code (a resized decoder, a changed metric) is not read back
+    as this code's; a task version and REFERENCE_VERSION only catch the changes someone remembered to mark."""
+    digest = hashlib.sha256()
+    for package in packages:
+        for path in sorted((root / package).rglob("*.py")):
+            digest.update(path.relative_to(root).as_posix().encode() + b"\0" + path.read_bytes() + b"\0")
+    return digest.hexdigest()
 
 
 def twin_reference(task: Task, changes: dict[str, Any], units: int | None, data_checksum: str,
@@ -47,7 +62,8 @@ def twin_reference(task: Task, changes: dict[str, Any], units: int | None, data_
                               model=model or task.cfg.model, world_size=1,
                               parent=None, finetune_units=0,
                               budget=dataclasses.replace(budget, eval_every_units=None, checkpoint_every_seconds=1e9))
-    key = json.dumps([REFERENCE_VERSION, task.version, sorted(task.metrics), cfg.digest(), data_checksum])
+    key = json.dumps([REFERENCE_VERSION, task.version, sorted(task.metrics), cfg.digest(), data_checksum,
+                      code_digest()])
     path = data_dir() / "references" / f"{task.name}-{hashlib.sha256(key.encode()).hexdigest()[:24]}.json"
     if path.is_file():
         return json.loads(path.read_text())
