@@ -76,9 +76,11 @@ def main() -> int:
     p.add_argument("--jobs", type=int, default=1, choices=(1, 2),
                    help="train a task's two models at once, the CPU threads split between them")
     p.add_argument("--runs", type=Path, default=None,
-                   help="folder of finished runs to resume from (default: beside --out, per budget and cap)")
+                   help="folder of finished runs to resume from (default: benchmarks/out/transformer_vs_lstm/"
+                        "<budget>[-<seconds>s], whatever --out says, so that a run with another --out resumes too)")
     args = parse(p)
-    runs_dir = args.runs or args.out.with_suffix("") / (args.budget + (f"-{args.seconds:g}s" if args.seconds else ""))
+    runs_dir = args.runs or (ROOT / "benchmarks" / "out" / "transformer_vs_lstm"
+                             / (args.budget + (f"-{args.seconds:g}s" if args.seconds else "")))
     runs_dir.mkdir(parents=True, exist_ok=True)
     threads = args.threads or (max(1, (os.cpu_count() or 1) // args.jobs) if args.jobs > 1 else None)
     env = {**environment(torch.device("cpu")), "data": "each task's synthetic source", "jobs": args.jobs,
