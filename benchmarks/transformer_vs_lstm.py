@@ -105,7 +105,7 @@ def main() -> int:
     for task in tasks:
         lstm, transformer = rows[task, "lstm"], rows[task, "transformer"]
         ratio = transformer["units_per_s"] / lstm["units_per_s"] if lstm["units_per_s"] else None
-        reference = f"{lstm['reference_name']}" + (f" ({lstm['reference_units']:,})" if lstm["reference_units"] else "")
+        reference = lstm["reference_name"] + (f" ({lstm['reference_units']:,})" if lstm["reference_units"] else "")
         # A twin reference is each model's own (translation's no-attention Transformer is not the LSTM's).
         table.append([task, lstm["metric"], lstm["test"], lstm["reference"], transformer["test"],
                       transformer["reference"], reference, lstm["units_per_s"], transformer["units_per_s"], ratio,
