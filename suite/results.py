@@ -40,7 +40,7 @@ def record_path(results_dir: Path, record: dict[str, Any]) -> Path:
 
 def write_record(record: dict[str, Any], path: Path) -> Path:
     """Validate, then write via a temporary file and rename so a reader never sees half a record."""
-    record = _finite(record)
+    record = finite(record)
     validate(record)
     path.parent.mkdir(parents=True, exist_ok=True)
     return atomic_write_text(path, json.dumps(record, indent=2, allow_nan=False) + "\n")
@@ -58,7 +58,7 @@ def load_record(path: Path) -> dict[str, Any]:
     """Read and validate one record; a corrupt file fails with one sentence naming it."""
     path = Path(path)
     try:
-        record = json.loads(path.read_text())
+        record = parse_json(path.read_text())
     except FileNotFoundError:
         raise UserError(f"no result record at {path}") from None
     except IsADirectoryError:
@@ -101,12 +101,18 @@ def migrate(record: dict[str, Any]) -> dict[str, Any]:
     return record
 
 
-def _finite(value: Any) -> Any:
+def finite(value: Any) -> Any:
     """JSON has no NaN or infinity: store them as null (a diverged run's last loss, for example)."""
     if isinstance(value, float) and not math.isfinite(value):
         return None
     if isinstance(value, dict):
-        return {k: _finite(v) for k, v in value.items()}
+        return {k: finite(v) for k, v in value.items()}
     if isinstance(value, list):
-        return [_finite(v) for v in value]
+        return [finite(v) for v in value]
     return value
+
+
+def parse_json(text: str) -> Any:
+    """`json.loads` that reads the non-standard NaN, Infinity and -Infinity tokens (which Python's own json writes
+    by default) as null: no non-finite number read from a file enters the suite."""
+    return json.loads(text, parse_constant=lambda _token: None)
