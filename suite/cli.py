@@ -2,7 +2,10 @@
 from __future__ import annotations
 
 import argparse
+import functools
+import json
 import os
+import signal
 import sys
 from pathlib import Path
 from typing import Any
@@ -22,10 +25,12 @@ def main(argv: list[str] | None = None) -> int:
     except UserError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return EXIT_USER
-    except KeyboardInterrupt:
-        print("error: interrupted outside training; records already written are kept, rerun with --resume",
+    except KeyboardInterrupt as stop:  # a stop signal before a run had built anything it could resume
+        signum = getattr(stop, "signum", signal.SIGINT)
+        print(f"error: stopped by {signal.Signals(signum).name} before anything resumable existed (while preparing "
+              "data or reading inputs); records already written are kept: run the same command again",
               file=sys.stderr)
-        return 130
+        return 128 + signum
 
 
 def parser() -> argparse.ArgumentParser:
@@ -47,6 +52,8 @@ def parser() -> argparse.ArgumentParser:
                      help="override a config value, e.g. --set train.lr=0.5 (repeatable)")
     run.add_argument("--results", type=Path, default=Path("results"), help="results directory")
     run.add_argument("--resume", action="store_true", help="continue from this config's last checkpoint")
+    run.add_argument("--rerun", action="store_true",
+                     help="train a finished run again; its record is replaced when the new run finishes")
     run.add_argument("--no-progress", action="store_true", help="no progress bar even on a terminal")
     _wandb_flags(run)
     run.set_defaults(func=cmd_run)
@@ -96,10 +103,10 @@ def _wandb_flags(sub: argparse.ArgumentParser) -> None:
 
 
 def cmd_sweep(args: argparse.Namespace) -> int:
-    from suite import sweep
+    from suite import sweep, sweep_spec
 
-    spec = sweep.load_spec(args.spec) if args.spec else {}
-    flags = {k: getattr(args, k) for k in (*sweep.GRID, *sweep.SETTINGS)}
+    spec = sweep_spec.load_spec(args.spec) if args.spec else {}
+    flags = {k: getattr(args, k) for k in (*sweep_spec.GRID, *sweep_spec.SETTINGS)}
     spec.update({k: str(v) if isinstance(v, Path) else v for k, v in flags.items() if v is not None})  # flags win
     return sweep.main(spec, args.dry_run)
 
@@ -116,22 +123,32 @@ def cmd_run(args: argparse.Namespace) -> int:
     cfg = build_config(args.task, args.model, budget=args.budget, overrides=args.set, options_cls=task_cls.Options,
                        presets=task_cls.presets, source=args.source, precision=args.precision, seed=args.seed,
                        device=_resolved_device(args.device), world_size=world.size)
-    bar = False if args.no_progress else None
+    bar, flags = False if args.no_progress else None, {"resume": args.resume, "rerun": args.rerun}
+    if args.variant == "dense":
+        if args.parent or args.finetune_units:
+            raise UserError("--parent and --finetune-units apply to variant runs only: add --variant")
+        path = experiment.record_file(args.results, cfg)
+        start = functools.partial(experiment.run, cfg, args.results, progress_bar=bar, **flags)
+    else:
+        parent, parent_path = experiment.find_parent(cfg, args.results, args.parent)
+        variant = experiment.variant_config(experiment.parent_config(parent), parent["run_id"], args.variant,
+                                            args.finetune_units)
+        path = experiment.record_file(args.results, variant)
+        start = functools.partial(experiment.run_variant, args.variant, args.finetune_units, parent, parent_path,
+                                  args.results, progress_bar=bar, **flags)
+    done = experiment.finished_record(path)
+    if done is not None and not args.rerun:
+        print(f"{done['status']}: {one_line(done)}\nrecord: {path}\nthis run has finished already; nothing was "
+              "trained (add --rerun to train it again)")
+        return 0
     try:
-        if args.variant == "dense":
-            if args.parent or args.finetune_units:
-                raise UserError("--parent and --finetune-units apply to variant runs only: add --variant")
-            record, path = experiment.run(cfg, args.results, resume=args.resume, progress_bar=bar)
-        else:
-            parent, parent_path = experiment.find_parent(cfg, args.results, args.parent)
-            record, path = experiment.run_variant(args.variant, args.finetune_units, parent, parent_path,
-                                                  args.results, progress_bar=bar)
+        record, path = start()
     except UserError:
         raise
     except Exception as exc:
         if os.environ.get("SUITE_DEBUG"):
             raise
-        print(f"error: the run failed ({type(exc).__name__}: {exc}); its record has status failed; "
+        print(f"error: the run failed ({type(exc).__name__}: {' '.join(str(exc).split())}); {_failed_record(path)}; "
               "set SUITE_DEBUG=1 for the traceback", file=sys.stderr)
         return EXIT_RUN
     if record is None:  # a torchrun rank other than 0: rank 0 writes the record and reports
@@ -143,12 +160,25 @@ def cmd_run(args: argparse.Namespace) -> int:
         from suite import tracking
         tracking.log_run(record, args.wandb_project, args.wandb_entity)
     if record["status"] == "interrupted":
-        print("resume with the same command and --resume", file=sys.stderr)
-        return 130 if record["stopped_by"] == "SIGINT" else 143
+        again = " --rerun" if args.rerun else ""
+        print(f"stopped during {record['stage']}: continue with the same command and{again} --resume",
+              file=sys.stderr)
+        return 128 + signal.Signals[record["stopped_by"]].value
     if record["status"] == "diverged":
         print("error: the loss became NaN/inf; lower train.lr or set train.clip", file=sys.stderr)
         return EXIT_RUN
     return 0
+
+
+def _failed_record(path: Path) -> str:
+    """What the user can read about a failed run: its record, only if one was written."""
+    try:
+        status = json.loads(path.read_text())["status"]
+    except (OSError, ValueError, KeyError, TypeError):
+        return "no record was written"
+    if status == "failed":
+        return f"its record {path} has status failed"
+    return f"the record {path} is unchanged (status {status})"
 
 
 def _resolved_device(name: str) -> str:
@@ -163,6 +193,8 @@ def one_line(record: dict[str, Any]) -> str:
     metric = task["primary_metric"]
     value = record["metrics"].get("test", {}).get(metric)
     shown = f"test {metric} {value:.2f}" if value is not None else "no test metric"
+    if record["variant"] and record["variant"]["latency_ms"] is None:  # interrupted before it was measured
+        return f"{record['variant']['name']} of {record['variant']['parent_run_id']}: {shown}"
     if record["variant"]:
         v = record["variant"]
         delta = v["quality_delta"].get(f"test/{metric}")

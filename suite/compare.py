@@ -3,6 +3,10 @@
 Both sides are leaderboard exports (or results directories exported on the fly), so the gate reads
 the same aggregated numbers as every other view. Rows match on (task, model, variant, precision,
 budget, source, real dataset, device class); the config digest is ignored so a changed default still compares.
+
+A value that is not finite (NaN, infinity, or null where a record stored one) is never a number to compare:
+in NEW, where BASE has finite values, it is a regression whatever the metric's direction; in BASE it is no
+baseline, and the row says so without failing. Both sides are read only through `parse_json`/`load_record`.
 """
 from __future__ import annotations
 
@@ -23,6 +27,17 @@ THROUGHPUTS = ("normalized_throughput", "train_units_per_s")  # normalized first
 MEMORY = "peak_memory_bytes"
 FINGERPRINT = ("device_name", "torch", "cuda")  # git_commit is expected to differ between BASE and NEW
 HEADER = ["row", "metric", "status", "base", "new", "change", "decided by"]
+# (BASE, NEW) -> (status, why) for a metric the two sides cannot compare by value. A side is "ok" (finite values
+# only), "not finite" (some value NaN, infinite or null) or "none" (no value); (ok, ok) goes to `decide`.
+UNCOMPARABLE = {
+    ("ok", "not finite"): ("regressed", "not finite in NEW"),
+    ("ok", "none"): ("missing", "no values in NEW"),
+    ("none", "ok"): ("new", "no values in BASE"),
+    ("none", "not finite"): ("new", "no values in BASE; not finite in NEW"),
+    ("not finite", "ok"): ("new", "not finite in BASE: no baseline"),
+    ("not finite", "not finite"): ("new", "not finite in BASE: no baseline; not finite in NEW"),
+    ("not finite", "none"): ("missing", "not finite in BASE: no baseline; no values in NEW"),
+}
 
 
 @dataclass(frozen=True)
@@ -125,7 +140,10 @@ def load_side(path: Path, side: str) -> dict[str, Any]:
     path = Path(path)
     if not path.exists():
         raise UserError(f"{side} {path} does not exist: give a results directory or a leaderboard JSON export")
-    export = leaderboard.build_export(path) if path.is_dir() else leaderboard.load_export(path)
+    try:
+        export = leaderboard.build_export(path) if path.is_dir() else leaderboard.load_export(path)
+    except UserError as exc:
+        raise UserError(f"{side} {exc}") from None
     leaderboard.warn_skipped(export)
     if not any(board["rows"] for board in export["boards"]):
         raise UserError(f"{side} {path} holds no result records")
@@ -140,19 +158,23 @@ def _index(export: dict[str, Any], side: str) -> tuple[dict[tuple, dict[str, Any
             key = (board["task"], row["model"], row["variant"], board["precision"], board["budget"],
                    board["source"], board.get("dataset", ""), row["device_class"])  # older exports lack dataset
             seen = rows.get(key)
+            stats = {m: leaderboard.restat(s) for m, s in row["stats"].items()}  # whoever wrote the export
             if seen is None:
-                rows[key] = {"metrics": board["metrics"], "stats": row["stats"], "env": row["environment"],
+                rows[key] = {"metrics": board["metrics"], "stats": stats, "env": row["environment"],
                              "digests": [row["config_digest"]], "unfinished": _unfinished(row)}
                 continue
             seen["unfinished"] += _unfinished(row)
-            names = set(seen["stats"]) | set(row["stats"])
-            empty: dict[str, Any] = {"values": []}
-            seen["stats"] = {m: leaderboard.stat(seen["stats"].get(m, empty)["values"]
-                                                 + row["stats"].get(m, empty)["values"]) for m in sorted(names)}
+            seen["stats"] = {m: _merge(seen["stats"].get(m), stats.get(m)) for m in sorted({*seen["stats"], *stats})}
             seen["digests"].append(row["config_digest"])
     notes = [f"{side}: {_label(k)} merges the values of configs {', '.join(r['digests'])}"
              for k, r in rows.items() if len(r["digests"]) > 1]
     return rows, notes
+
+
+def _merge(a: dict[str, Any] | None, b: dict[str, Any] | None) -> dict[str, Any]:
+    """One statistic over the runs of two rows, non-finite values included."""
+    runs = [[*s["values"], *[None] * s["not_finite"]] for s in (a, b) if s]
+    return leaderboard.stat([v for values in runs for v in values])
 
 
 def _unfinished(row: dict[str, Any]) -> int:
@@ -171,10 +193,29 @@ def _metric_plan(base: dict[str, Any], new: dict[str, Any]) -> list[tuple[str, s
     directions = {**base["metrics"], **new["metrics"]}
     tests = sorted({m for m in (*base["stats"], *new["stats"]) if m.startswith("test/")})
     plan = [(m, "quality", directions[m[5:]]) for m in tests if m[5:] in directions]
-    both = all(side["stats"].get(THROUGHPUTS[0], {}).get("n", 0) > 0 for side in (base, new))
-    plan.append((THROUGHPUTS[0] if both else THROUGHPUTS[1], "throughput", True))
+    # The normalized figure decides when BASE has one to compare against and NEW reports it (a non-finite one
+    # included: that is a regression, not a reason to fall back on the raw figure).
+    b, n = (_state(side["stats"].get(THROUGHPUTS[0])) for side in (base, new))
+    normalized = b == "ok" and n != "none"
+    plan.append((THROUGHPUTS[0] if normalized else THROUGHPUTS[1], "throughput", True))
     plan.append((MEMORY, "memory", False))
     return plan
+
+
+def _state(stat: dict[str, Any] | None) -> str:
+    """'ok', 'not finite' or 'none': what one side holds of a metric (see UNCOMPARABLE)."""
+    if stat and stat["not_finite"]:
+        return "not finite"
+    return "ok" if stat and stat["n"] else "none"
+
+
+def _why(reason: str, base: dict[str, Any] | None, new: dict[str, Any] | None) -> str:
+    """UNCOMPARABLE's reason with, after each 'not finite in SIDE', how many of that side's runs it was."""
+    for side, stat in (("BASE", base), ("NEW", new)):
+        if stat and stat["not_finite"]:
+            counted = f"not finite in {side} ({stat['not_finite']} of {stat['not_finite'] + stat['n']} runs)"
+            reason = reason.replace(f"not finite in {side}", counted)
+    return reason
 
 
 def _compare_row(label: str, base: dict[str, Any], new: dict[str, Any], tols: dict[str, Any]) -> list[Line]:
@@ -184,12 +225,12 @@ def _compare_row(label: str, base: dict[str, Any], new: dict[str, Any], tols: di
                           f"{base['unfinished']} in BASE, {new['unfinished']} in NEW: diverged, failed or interrupted"))
     for name, kind, higher in _metric_plan(base, new):
         b, n = base["stats"].get(name), new["stats"].get(name)
-        has_b, has_n = bool(b and b["n"]), bool(n and n["n"])
-        if not (has_b or has_n):
+        states = (_state(b), _state(n))
+        if states == ("none", "none"):
             continue  # measured on neither side (a variant's training speed, say): nothing to gate
-        if not (has_b and has_n):
-            status = "new" if has_n else "missing"
-            lines.append(Line(label, name, status, b, n, None, f"no values in {'BASE' if has_n else 'NEW'}"))
+        if states != ("ok", "ok"):
+            status, reason = UNCOMPARABLE[states]
+            lines.append(Line(label, name, status, b, n, None, _why(reason, b, n)))
             continue
         tol = tols["metrics"].get(name, tols["kinds"][kind])
         status, change, how = decide(b, n, higher, tol)
@@ -267,6 +308,8 @@ def _number(value: float) -> str:
 
 
 def _value(stat: dict[str, Any] | None) -> str:
+    if leaderboard.not_finite(stat):
+        return leaderboard.not_finite(stat)
     if not stat or not stat["n"]:
         return "-"
     if stat["n"] == 1:
@@ -303,12 +346,33 @@ def render_markdown(result: Comparison) -> str:
 def main_compare(base: Path, new: Path, config: Path | None, markdown: Path | None,
                  fail_on_missing: bool = False) -> int:
     """Print the comparison and write it as Markdown when asked. Exit 1 on any regression (or, with
-    fail_on_missing, on a row or metric missing from NEW), else 0."""
+    fail_on_missing, on a row or metric missing from NEW), else 0. A bad path is a UserError (exit 2):
+    CI must not read a typo as a regression."""
+    if markdown is not None:
+        check_markdown(Path(markdown))  # before the work, so nothing is printed in vain
     base_export, new_export = load_side(base, "BASE"), load_side(new, "NEW")
     result = compare(base_export, new_export, load_tolerances(config, known_metrics(base_export, new_export)))
     print(render_text(result))
     if markdown is not None:
-        Path(markdown).parent.mkdir(parents=True, exist_ok=True)
-        Path(markdown).write_text(render_markdown(result))
+        write_markdown(Path(markdown), render_markdown(result))
     failed = result.count("regressed") or (fail_on_missing and result.count("missing"))
     return 1 if failed else 0
+
+
+def check_markdown(path: Path) -> None:
+    """Refuse a --markdown path that names a folder, or lies under a file, in one line."""
+    if path.is_dir():
+        raise UserError(f"--markdown {path} is a directory: give a file, e.g. {path / 'compare.md'}")
+    above = next((p for p in path.parents if p.exists()), None)  # the nearest part of the path that exists
+    if above is not None and not above.is_dir():
+        raise UserError(f"cannot write --markdown {path}: {above} is a file, not a directory")
+
+
+def write_markdown(path: Path, text: str) -> None:
+    """The summary, written in place: the target may be a CI file such as $GITHUB_STEP_SUMMARY, or even a
+    device, that a rename from a temporary file would replace or could not reach."""
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(text, encoding="utf-8")
+    except OSError as exc:
+        raise UserError(f"cannot write --markdown {path} ({exc.strerror or exc})") from None

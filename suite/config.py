@@ -10,12 +10,14 @@ from __future__ import annotations
 import ast
 import dataclasses
 import difflib
+import functools
 import hashlib
 import json
+import math
 import types
 import typing
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, ClassVar
 
 from suite.errors import UserError
 
@@ -25,28 +27,112 @@ PRUNE_LEVELS = (30, 50, 70, 90)
 VARIANTS = ("dense", *(f"prune-magnitude-{p}" for p in PRUNE_LEVELS), "quant-dynamic-int8")
 
 
+SEED_LIMIT = 2**32
+"""Seeds end in `np.random.seed` (runner.seed_everything) and numpy generators, which take [0, 2**32)."""
+RANGE = "range"
+"""The metadata key under which `bounded` stores a field's `Range`."""
+
+
 @dataclass(frozen=True)
-class Budget:
+class Range:
+    """The allowed values of a numeric config field; a None bound leaves that side open-ended. (A None value is
+    allowed by an `X | None` annotation, not here.)"""
+
+    low: float | None = None
+    high: float | None = None
+    low_open: bool = False
+    high_open: bool = False
+    why: str = ""
+    """Said after the range in the error, where the bound is not obvious."""
+
+    def admits(self, value: float) -> bool:
+        above = self.low is None or (value > self.low if self.low_open else value >= self.low)
+        below = self.high is None or (value < self.high if self.high_open else value <= self.high)
+        return above and below
+
+    def describe(self) -> str:
+        """`in [0, 1)`, `>= 1`, `> 0`, `<= 5`, or "" for any value."""
+        low, high = (_number(b) for b in (self.low, self.high))
+        if self.low is not None and self.high is not None:
+            return f"in {'(' if self.low_open else '['}{low}, {high}{')' if self.high_open else ']'}"
+        if self.low is not None:
+            return f"{'>' if self.low_open else '>='} {low}"
+        return f"{'<' if self.high_open else '<='} {high}" if self.high is not None else ""
+
+
+def bounded(default: Any, *, low: float | None = None, high: float | None = None, low_open: bool = False,
+            high_open: bool = False, why: str = "") -> Any:
+    """A dataclass field with its default and its allowed range, which `Checked` enforces on construction."""
+    return field(default=default, metadata={RANGE: Range(low, high, low_open, high_open, why)})
+
+
+def seed_field(default: int = 0) -> Any:
+    """A seed: an integer in [0, 2**32)."""
+    return bounded(default, low=0, high=SEED_LIMIT, high_open=True)
+
+
+class Checked:
+    """Base of every config dataclass: construction checks each field against its declared range, so a bad
+    value fails before anything runs, as one line naming `section.field` and the range. A subclass with
+    cross-field checks calls `super().__post_init__()` first."""
+
+    section: ClassVar[str] = "options"
+    """How the user names the dataclass in `--set section.key=value` ("" for RunConfig's own fields)."""
+
+    def __post_init__(self) -> None:
+        check_ranges(self)
+
+
+def check_ranges(config: Any) -> None:
+    """Raise UserError for the first field outside its `bounded` range (or of the wrong numeric kind)."""
+    prefix = f"{config.section}." if config.section else ""
+    for f in dataclasses.fields(config):
+        allowed, value = f.metadata.get(RANGE), getattr(config, f.name)
+        if allowed is None:
+            continue
+        integer, optional = _numeric_kind(type(config), f.name)
+        if value is None and optional:
+            continue
+        number = isinstance(value, int) if integer else isinstance(value, (int, float))
+        if isinstance(value, bool) or not number or not math.isfinite(value) or not allowed.admits(value):
+            kind = "an integer" if integer else "a number"
+            what = " ".join(filter(None, [kind, allowed.describe(), "or None" if optional else ""]))
+            why = f" ({allowed.why})" if allowed.why else ""
+            raise UserError(f"{prefix}{f.name} must be {what}{why}, got {value!r}")
+
+
+@functools.cache
+def _numeric_kind(cls: type, name: str) -> tuple[bool, bool]:
+    """(is the field an integer, may it be None) from its annotation."""
+    hint = typing.get_type_hints(cls)[name]
+    allowed = typing.get_args(hint) if isinstance(hint, types.UnionType) else (hint,)
+    return float not in allowed, type(None) in allowed
+
+
+def _number(bound: float | None) -> str:
+    return f"{bound:g}" if isinstance(bound, float) else str(bound)
+
+
+@dataclass(frozen=True)
+class Budget(Checked):
     """How much training a run gets; it stops at whichever limit comes first."""
 
-    max_seconds: float | None = None
+    section = "budget"
+    max_seconds: float | None = bounded(None, low=0, low_open=True)
     """Training wall-clock seconds (evaluation and checkpointing excluded); None = no limit."""
-    max_units: int | None = None
+    max_units: int | None = bounded(None, low=1)
     """Training units (tokens for PTB); None = no limit."""
-    max_epochs: float | None = None
+    max_epochs: float | None = bounded(None, low=0, low_open=True)
     """Passes over the training split; None = no limit."""
-    eval_every_units: int | None = None
+    eval_every_units: int | None = bounded(None, low=1)
     """Evaluate on validation every this many units, besides every epoch end and the end of training."""
-    checkpoint_every_seconds: float = 300.0
+    checkpoint_every_seconds: float = bounded(300.0, low=0, low_open=True)
     """Write a resumable checkpoint this often (and on SIGTERM/SIGINT)."""
-    warmup_steps: int = 5
+    warmup_steps: int = bounded(5, low=0)
     """Optimizer steps left out of the throughput figure (allocator and kernel warm-up)."""
 
     def __post_init__(self) -> None:
-        for name in ("max_seconds", "max_units", "max_epochs", "eval_every_units"):
-            value = getattr(self, name)
-            if value is not None and value <= 0:
-                raise UserError(f"budget.{name} must be positive or None, got {value}")
+        super().__post_init__()
         if self.max_seconds is None and self.max_units is None and self.max_epochs is None:
             raise UserError("a budget needs at least one of max_seconds, max_units, max_epochs")
 
@@ -61,49 +147,42 @@ BUDGETS: dict[str, dict[str, Any]] = {
 
 
 @dataclass(frozen=True)
-class TrainConfig:
+class TrainConfig(Checked):
     """Optimisation settings shared by every task."""
 
-    batch_size: int = 20
+    section = "train"
+    batch_size: int = bounded(20, low=1)
     """Training batch size (for PTB: parallel streams)."""
-    eval_batch_size: int = 10
+    eval_batch_size: int = bounded(10, low=1)
     """Evaluation batch size (pytorch/examples uses 10 for PTB)."""
     optimizer: str = "sgd"
     """sgd or adam."""
-    lr: float = 1.0
-    weight_decay: float = 0.0
-    clip: float | None = 5.0
+    lr: float = bounded(1.0, low=0, low_open=True)
+    weight_decay: float = bounded(0.0, low=0)
+    clip: float | None = bounded(5.0, low=0, low_open=True)
     """Gradient-norm clipping threshold; None disables clipping."""
-    lr_decay: float = 1.0
+    lr_decay: float = bounded(1.0, low=0, high=1, low_open=True)
     """Per-epoch learning-rate decay factor (1 = constant)."""
-    lr_decay_after_epochs: int = 0
+    lr_decay_after_epochs: int = bounded(0, low=0)
     """Epochs at the full learning rate; epoch e (from 0) runs at lr * lr_decay ** max(0, e + 1 - this)."""
-    lr_warmup_steps: int = 0
+    lr_warmup_steps: int = bounded(0, low=0)
     """Optimizer steps over which the learning rate rises linearly to its scheduled value (0 = none)."""
 
     def __post_init__(self) -> None:
+        super().__post_init__()
         if self.optimizer not in ("sgd", "adam"):
             raise UserError(f"train.optimizer must be 'sgd' or 'adam', got {self.optimizer!r}")
-        if self.batch_size < 1 or self.eval_batch_size < 1:
-            raise UserError("train.batch_size and train.eval_batch_size must be at least 1")
-        if not self.lr > 0:
-            raise UserError(f"train.lr must be positive, got {self.lr}")
-        if self.clip is not None and self.clip <= 0:
-            raise UserError(f"train.clip must be positive or None, got {self.clip}")
-        if not 0 < self.lr_decay <= 1:
-            raise UserError(f"train.lr_decay must be in (0, 1], got {self.lr_decay}")
-        if self.lr_warmup_steps < 0:
-            raise UserError(f"train.lr_warmup_steps must be >= 0, got {self.lr_warmup_steps}")
 
 
 @dataclass(frozen=True)
-class BackboneConfig:
+class BackboneConfig(Checked):
     """Settings of the recurrent backbone (see baselines/)."""
 
-    hidden_size: int = 200
+    section = "backbone"
+    hidden_size: int = bounded(200, low=1)
     """Units per layer and direction."""
-    num_layers: int = 2
-    dropout: float = 0.0
+    num_layers: int = bounded(2, low=1)
+    dropout: float = bounded(0.0, low=0, high=1, high_open=True)
     """Dropout between recurrent layers."""
     cell: str | None = None
     """rnn, lstm or gru; only brnn and resrnn take it (None = their default, lstm)."""
@@ -111,31 +190,30 @@ class BackboneConfig:
     """resrnn only: layer norm on each layer's input."""
 
     def __post_init__(self) -> None:
-        if self.hidden_size < 1 or self.num_layers < 1:
-            raise UserError("backbone.hidden_size and backbone.num_layers must be at least 1")
-        if not 0 <= self.dropout < 1:
-            raise UserError(f"backbone.dropout must be in [0, 1), got {self.dropout}")
+        super().__post_init__()
         if self.cell not in (None, "rnn", "lstm", "gru"):
             raise UserError(f"backbone.cell must be rnn, lstm or gru, got {self.cell!r}")
 
 
 @dataclass(frozen=True)
-class RunConfig:
+class RunConfig(Checked):
     """Everything that determines one run; its hash names the run."""
 
+    section = ""  # its own fields are top-level flags: --seed, --finetune-units
     task: str
     model: str
     source: str = "real"
     budget_name: str = "small"
     precision: str = "fp32"
-    seed: int = 1
+    seed: int = seed_field(1)
+    """Seeds torch, numpy and Python's random for the run (`suite run --seed`)."""
     variant: str = "dense"
     parent: str | None = None
     """Run id of the dense parent (variants only)."""
     device: str = "auto"
-    finetune_units: int = 0
+    finetune_units: int = bounded(0, low=0)
     """Pruning variants: units of fine-tuning with the mask fixed, at the parent's final learning rate."""
-    world_size: int = 1
+    world_size: int = bounded(1, low=1)
     """Processes training the run together under torchrun (DDP); train.batch_size is the global batch."""
     budget: Budget = field(default_factory=Budget)
     train: TrainConfig = field(default_factory=TrainConfig)
@@ -144,6 +222,7 @@ class RunConfig:
     """The task's own frozen options dataclass (`Task.Options`)."""
 
     def __post_init__(self) -> None:
+        super().__post_init__()
         _choose("precision", self.precision, PRECISIONS)
         _choose("source", self.source, SOURCES)
         _choose("variant", self.variant, VARIANTS)
@@ -152,10 +231,8 @@ class RunConfig:
             raise UserError(f"device must be auto, cpu or cuda[:N], got {self.device!r}")
         if (self.variant == "dense") != (self.parent is None):
             raise UserError("a variant run needs a dense parent, and a dense run has none")
-        if self.finetune_units < 0 or (self.finetune_units and not self.variant.startswith("prune")):
-            raise UserError("--finetune-units applies to prune-magnitude-* variants only and must be >= 0")
-        if self.world_size < 1:
-            raise UserError(f"world_size must be at least 1, got {self.world_size}")
+        if self.finetune_units and not self.variant.startswith("prune"):
+            raise UserError("--finetune-units applies to prune-magnitude-* variants only")
         if self.train.batch_size % self.world_size:
             raise UserError(f"train.batch_size ({self.train.batch_size}) is the global batch and must divide evenly "
                             f"over the {self.world_size} processes: set --set train.batch_size=N with N a multiple "

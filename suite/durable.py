@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import glob
 import os
+import re
 from collections.abc import Callable
 from pathlib import Path
 from typing import BinaryIO
@@ -63,7 +64,10 @@ def remove_temporaries(path: Path) -> list[Path]:
     path = Path(path)
     if not path.parent.is_dir():
         return []
-    stale = [p for p in path.parent.glob(f".{glob.escape(path.name)}.*") if p.name.endswith(TEMPORARY_SUFFIXES)]
+    # One name part between the target's name and the suffix (a PID, or mkstemp's letters), so that the
+    # leftovers of `data.txt` never include `.data.txt.gz.4242.part`, another file's live download.
+    own = re.compile(rf"\.{re.escape(path.name)}\.[A-Za-z0-9_]+({'|'.join(map(re.escape, TEMPORARY_SUFFIXES))})")
+    stale = [p for p in path.parent.glob(f".{glob.escape(path.name)}.*") if own.fullmatch(p.name)]
     for p in stale:
         p.unlink(missing_ok=True)
     return stale

@@ -5,11 +5,13 @@ them (suite/compress.py), optionally fine-tune, and measure quality, size and la
 """
 from __future__ import annotations
 
+import contextlib
 import copy
 import dataclasses
 import datetime as dt
 import os
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -17,14 +19,14 @@ import torch
 from torch import nn
 
 from baselines import backbone_factory
-from suite import compress, distributed, registry
+from suite import compress, distributed, durable, interrupts, registry, run_lock
 from suite.config import Budget, RunConfig, config_from_dict
 from suite.distributed import World
 from suite.environment import fingerprint, peak_memory
 from suite.errors import UserError
 from suite.precision import PrecisionPolicy
 from suite.reference import reference_throughput
-from suite.results import SCHEMA_VERSION, load_record, record_path, write_record
+from suite.results import FINISHED, SCHEMA_VERSION, load_record, write_record
 from suite.runner import Outcome, Trainer, evaluate, seed_everything
 from tasks.base import Task
 
@@ -80,58 +82,153 @@ def current_world(cfg: RunConfig) -> World:
     return world
 
 
-def run(cfg: RunConfig, results_dir: Path, resume: bool = False, progress_bar: bool | None = None
-        ) -> tuple[dict[str, Any], Path]:
-    """Train one dense run and write its record; returns (record, path), or (None, None) on ranks other than 0
-    of a torchrun, which only train."""
-    world = current_world(cfg)
+def record_file(results_dir: Path, cfg: RunConfig) -> Path:
+    """Where the record of `cfg` is written: it follows from the config alone."""
+    return Path(results_dir) / cfg.task / cfg.model / f"{cfg.run_id}.json"
+
+
+def finished_record(path: Path) -> dict[str, Any] | None:
+    """The record at `path` if it holds a finished run (its final metrics), else None: also when it cannot be
+    read, since a corrupt file holds no result to keep."""
+    if not path.is_file():
+        return None
     try:
-        task, model, device = _setup(cfg, world)
+        record = load_record(path)
+    except UserError as exc:
+        print(f"note: {exc}; the run writes it anew", file=sys.stderr)
+        return None
+    return record if record["status"] in FINISHED else None
+
+
+@contextlib.contextmanager
+def sole_writer(cfg: RunConfig, results_dir: Path, main: bool = True) -> Iterator[None]:
+    """Catch stop signals and hold the run's lock (rank 0 of a torchrun holds it for all ranks); the holder
+    clears what writers that died mid-write left of this run's record and checkpoints."""
+    ckpt = checkpoint_dir(results_dir, cfg.run_id)
+    with interrupts.guard(), (run_lock.one_writer(ckpt, cfg.run_id) if main else contextlib.nullcontext()):
+        if main:
+            for target in (record_file(results_dir, cfg), ckpt / "last.pt", ckpt / "best.pt"):
+                durable.remove_temporaries(target)
+        yield
+
+
+def run(cfg: RunConfig, results_dir: Path, resume: bool = False, progress_bar: bool | None = None,
+        rerun: bool = False) -> tuple[dict[str, Any], Path]:
+    """Train one dense run and write its record; returns (record, path), or (None, None) on ranks other than 0
+    of a torchrun, which only train. A finished record is returned as it is unless `rerun`.
+
+    A stop signal at any stage after setup writes an `interrupted` record naming the stage; the checkpoint
+    lets `resume` continue there (a run stopped in its final evaluation is evaluated again, not retrained)."""
+    world = current_world(cfg)
+    path = record_file(results_dir, cfg)
+    with sole_writer(cfg, results_dir, world.main):
+        done = finished_record(path)
+        if done is not None and not rerun:
+            return done, path
+        try:
+            return _run(cfg, results_dir, world, resume, progress_bar)
+        finally:
+            distributed.stop(world)
+
+
+@dataclasses.dataclass
+class _Run:
+    """What one dense run has built so far: what an interrupted or failed record is made of."""
+
+    stage: str = "setup"
+    task: Task | None = None
+    model: nn.Module | None = None
+    device: torch.device | None = None
+    trainer: Trainer | None = None
+    record: dict[str, Any] | None = None
+
+
+def _run(cfg: RunConfig, results_dir: Path, world: World, resume: bool, progress_bar: bool | None
+         ) -> tuple[dict[str, Any], Path]:
+    state, path = _Run(), record_file(results_dir, cfg)
+    try:
+        state.task, state.model, state.device = _setup(cfg, world)
+        state.stage = "reference"
         # Every rank computes the reference line (some tasks train a twin for it, cached): no rank waits that
         # long for rank 0 at a collective, and one process draws from its RNG exactly as before training.
-        reference = task.reference()
+        reference = state.task.reference()
         if world.size > 1:
             seed_everything(cfg.seed * 1000 + world.rank)  # the same weights and reference, then dropout of its own
-        trainer = Trainer(cfg, task, model, device, checkpoint_dir(results_dir, cfg.run_id),
-                          progress_bar=progress_bar, world=world)
+        state.stage = "training"
+        state.trainer = Trainer(cfg, state.task, state.model, state.device, checkpoint_dir(results_dir, cfg.run_id),
+                                progress_bar=progress_bar, world=world)
         if not world.main:
-            trainer.run(resume)
+            with contextlib.suppress(interrupts.Interrupted):
+                state.trainer.run(resume)
             return None, None  # the group is left together with rank 0, which then evaluates alone
-        record = base_record(cfg, task, model, device, reference=reference)
-        return _train_and_record(record, task, model, device, trainer, results_dir, resume)
-    finally:
-        distributed.stop(world)
+        state.record = base_record(cfg, state.task, state.model, state.device, reference=reference)
+        return _train_and_record(state, path, results_dir, resume)
+    except interrupts.Interrupted as stop:
+        if state.stage == "done":  # the record is written whole: a signal now changes nothing
+            return state.record, path
+        if not world.main or state.model is None:
+            raise  # nothing was built: there is nothing to resume, and no record to write
+        state.stage = state.trainer.stage if state.stage == "training" else state.stage
+        return _stopped(state, path, results_dir, "interrupted", stop.name), path
 
 
-def _train_and_record(record: dict[str, Any], task: Task, model: nn.Module, device: torch.device,
-                      trainer: Trainer, results_dir: Path, resume: bool) -> tuple[dict[str, Any], Path]:
+def _train_and_record(state: _Run, path: Path, results_dir: Path, resume: bool) -> tuple[dict[str, Any], Path]:
     """Rank 0's part of a run: the record around training, the final evaluation and the output files."""
+    task, model, device, trainer, record = state.task, state.model, state.device, state.trainer, state.record
     record["throughput"]["reference_units_per_s"] = reference_throughput(device)
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)  # the reference loop's memory is not the run's
-    path = record_path(results_dir, record)
     try:
         outcome = trainer.run(resume)
         distributed.stop(trainer.world)  # every rank leaves the group at the same point (NCCL expects it)
+        metrics = {}
+        if outcome.status in FINISHED:
+            state.stage = "evaluation"
+            model.load_state_dict(torch.load(trainer.best_path, map_location=device)["model"])
+            metrics = {s: evaluate(task, model, trainer.policy, s)[0] for s in ("valid", "test")}
+            state.stage = "outputs"
+            record["model"]["architecture"] = architecture(model)  # the context it was evaluated with is known now
+            record["artifacts"] = _artifacts(task, model, trainer.policy, path.with_suffix(""), results_dir, record)
     except UserError:
         raise
     except Exception as exc:  # keep what we know about a crashed run, then let the CLI report it
-        fill_outcome(record, Outcome("failed", None, trainer.progress), trainer, {}, device)
-        record.update(error=f"{type(exc).__name__}: {exc}")
-        write_record(record, path)
+        state.stage = trainer.stage if state.stage == "training" else state.stage
+        _stopped(state, path, results_dir, "failed", None, error=f"{type(exc).__name__}: {exc}")
         raise
-    metrics = {}
-    if outcome.status in ("completed", "budget_exhausted"):
-        model.load_state_dict(torch.load(trainer.best_path, map_location=device)["model"])
-        metrics = {s: evaluate(task, model, trainer.policy, s)[0] for s in ("valid", "test")}
-        record["model"]["architecture"] = architecture(model)  # the context it was evaluated with is known now
-        record["artifacts"] = _artifacts(task, model, trainer.policy, path.with_suffix(""), results_dir, record)
+    state.stage = "record"
     fill_outcome(record, outcome, trainer, metrics, device)
-    record["checkpoint"] = _relative(trainer.best_path, results_dir) if trainer.best_path.exists() else None
-    written = write_record(record, path)
-    if outcome.status in ("completed", "budget_exhausted"):
-        trainer.last_path.unlink(missing_ok=True)  # only needed to resume; best.pt stays for variants
-    return record, written
+    record.update(stage=None, checkpoint=_relative(trainer.best_path, results_dir) if trainer.best_path.exists()
+                  else None)
+    with interrupts.deferred():
+        save_record(record, path)
+        if outcome.status in FINISHED:
+            trainer.last_path.unlink(missing_ok=True)  # only needed to resume; best.pt stays for variants
+        state.stage = "done"
+    return record, path
+
+
+def _stopped(state: _Run, path: Path, results_dir: Path, status: str, stopped_by: str | None,
+             error: str | None = None) -> dict[str, Any]:
+    """Write the record of a run stopped at `state.stage`: no final metrics, the progress so far."""
+    record = state.record or base_record(state.task.cfg, state.task, state.model, state.device,
+                                         reference={"name": state.task.reference_name})
+    if state.trainer is not None:
+        fill_outcome(record, Outcome(status, stopped_by, state.trainer.progress), state.trainer, {}, state.device)
+    best = state.trainer.best_path if state.trainer is not None else None
+    record.update(status=status, stopped_by=stopped_by, stage=state.stage, error=error, metrics={},
+                  checkpoint=_relative(best, results_dir) if best is not None and best.exists() else None)
+    save_record(record, path)
+    return record
+
+
+def save_record(record: dict[str, Any], path: Path) -> Path:
+    """Write `record`, unless it is unfinished and a finished record of the same run is there: a rerun that
+    is stopped or fails never replaces a finished result."""
+    if record["status"] not in FINISHED and finished_record(path) is not None:
+        print(f"note: {path} holds this run's finished record, which stays; the {record['status']} rerun's "
+              "checkpoint is kept", file=sys.stderr)
+        return path
+    return write_record(record, path)
 
 
 def _artifacts(task: Task, model: nn.Module, policy: PrecisionPolicy, out_dir: Path, results_dir: Path,
@@ -160,7 +257,7 @@ def base_record(cfg: RunConfig, task: Task, model: nn.Module, device: torch.devi
     info = task.data_info()
     return {
         "schema_version": SCHEMA_VERSION, "run_id": cfg.run_id, "created": dt.datetime.now(dt.UTC).isoformat(),
-        "status": "failed", "stopped_by": None, "error": None,
+        "status": "failed", "stopped_by": None, "error": None, "stage": None, "non_finite": [],
         "task": {"name": task.name, "version": task.version, "unit": task.unit, "causal": task.causal,
                  "primary_metric": task.primary_metric, "metrics": dict(task.metrics),
                  "reference_name": task.reference_name},
@@ -230,35 +327,88 @@ def find_parent(dense_cfg: RunConfig, results_dir: Path, parent: Path | None) ->
     return record, parent
 
 
-def run_variant(variant: str, finetune_units: int, parent: dict[str, Any], parent_path: Path, results_dir: Path,
-                progress_bar: bool | None = None) -> tuple[dict[str, Any], Path]:
-    """Compress the parent's best weights, fine-tune if asked, and measure against the parent."""
-    task_cls = registry.get("task", parent["config"]["task"])
-    parent_cfg = config_from_dict(parent["config"], task_cls.Options)
-    # A variant runs in one process, whatever its parent trained on.
-    cfg = dataclasses.replace(parent_cfg, variant=variant, parent=parent["run_id"], finetune_units=finetune_units,
+def variant_config(parent: RunConfig, parent_run_id: str, variant: str, finetune_units: int = 0) -> RunConfig:
+    """The config of a variant of the dense run `parent`: one process, whatever the parent trained on, and the
+    CPU for int8, whose torch.ao dynamic kernels run there only."""
+    cfg = dataclasses.replace(parent, variant=variant, parent=parent_run_id, finetune_units=finetune_units,
                               world_size=1)
-    if variant.startswith("quant"):
-        cfg = dataclasses.replace(cfg, device="cpu")  # torch.ao dynamic int8 kernels run on CPU only
-    task, model, device = _setup(cfg)
+    return dataclasses.replace(cfg, device="cpu") if variant.startswith("quant") else cfg
+
+
+def parent_config(parent: dict[str, Any]) -> RunConfig:
+    """The config of a dense parent record."""
+    return config_from_dict(parent["config"], registry.get("task", parent["config"]["task"]).Options)
+
+
+def run_variant(variant: str, finetune_units: int, parent: dict[str, Any], parent_path: Path, results_dir: Path,
+                progress_bar: bool | None = None, resume: bool = False, rerun: bool = False
+                ) -> tuple[dict[str, Any], Path]:
+    """Compress the parent's best weights, fine-tune if asked, and measure against the parent. Like `run`: a
+    finished record is returned as it is unless `rerun`, and a stop signal writes an `interrupted` record
+    (`resume` continues a fine-tune from its checkpoint; the measurements are taken again)."""
+    cfg = variant_config(parent_config(parent), parent["run_id"], variant, finetune_units)
+    path = record_file(results_dir, cfg)
+    with sole_writer(cfg, results_dir):
+        done = finished_record(path)
+        if done is not None and not rerun:
+            return done, path
+        if resume and not finetune_units:
+            print("note: this variant does not train, so there is nothing to resume: it is measured again",
+                  file=sys.stderr)
+        state = _Run()
+        try:
+            return _variant(cfg, state, parent, parent_path, results_dir, progress_bar, resume), path
+        except interrupts.Interrupted as stop:
+            if state.stage == "done":
+                return state.record, path
+            if state.model is None:
+                raise
+            state.stage = state.trainer.stage if state.stage == "training" else state.stage
+            state.record = _variant_record(cfg, state, parent)
+            state.record["variant"] = _variant_fields(cfg, parent, parent_path, {}, [])
+            return _stopped(state, path, results_dir, "interrupted", stop.name), path
+
+
+def _variant(cfg: RunConfig, state: _Run, parent: dict[str, Any], parent_path: Path, results_dir: Path,
+             progress_bar: bool | None, resume: bool) -> dict[str, Any]:
+    state.task, state.model, state.device = _setup(cfg)
+    task, device = state.task, state.device
+    state.stage = "variant"
     weights = Path(results_dir) / parent["checkpoint"]  # stored relative to the results directory
-    model.load_state_dict(torch.load(weights, map_location=device)["model"])
+    state.model.load_state_dict(torch.load(weights, map_location=device)["model"])
     args = task.sample_input(*LATENCY_SHAPE)
-    before = {"bytes": compress.serialized_size(model), "latency": cpu_latency_ms(model, args)}
-    model, notes, trainer, outcome = _compress(cfg, task, model, device, parent, results_dir, progress_bar)
-    precision = "fp32" if variant.startswith("quant") else cfg.precision
+    before = {"bytes": compress.serialized_size(state.model), "latency": cpu_latency_ms(state.model, args)}
+    model, notes, outcome = _compress(cfg, state, parent, results_dir, progress_bar, resume)
+    state.model = model  # the int8 model is a new module
+    state.stage = "evaluation"
+    precision = "fp32" if cfg.variant.startswith("quant") else cfg.precision
     if precision != cfg.precision:
         notes.append(f"int8 model evaluated without {cfg.precision} autocast; the parent's metrics used it")
     metrics = {s: evaluate(task, model, PrecisionPolicy(precision, device), s)[0] for s in ("valid", "test")}
-    record = base_record(cfg, task, model, device, reference=parent["reference"])
-    record["model"]["params"] = parent["model"]["params"]  # the parent's count: quantized params are packed
-    record["model"]["architecture"] = parent["model"].get("architecture")  # the same counts, for the same reason
+    state.stage = "variant"
+    record = _variant_record(cfg, state, parent)
     if outcome is not None:
-        fill_outcome(record, outcome, trainer, metrics, device)
+        fill_outcome(record, outcome, state.trainer, metrics, device)
     else:
         record.update(status="completed", metrics=metrics)
-    record["variant"] = _variant_fields(cfg, model, args, parent, parent_path, before, metrics, notes)
-    return record, write_record(record, record_path(results_dir, record))
+    measured = {**before, "size": compress.serialized_size(model), "latency_after": cpu_latency_ms(model, args),
+                "sparsity": compress.sparsity(model) if cfg.variant.startswith("prune") else 0.0}
+    record["variant"] = _variant_fields(cfg, parent, parent_path, measured, notes, metrics)
+    state.stage, state.record = "record", record
+    with interrupts.deferred():
+        save_record(record, record_file(results_dir, cfg))
+        if state.trainer is not None:
+            state.trainer.last_path.unlink(missing_ok=True)
+        state.stage = "done"
+    return record
+
+
+def _variant_record(cfg: RunConfig, state: _Run, parent: dict[str, Any]) -> dict[str, Any]:
+    """The record fields a variant shares with its parent: the reference line, and the parameter count and
+    architecture (quantized parameters are packed, so they are counted as the parent's)."""
+    record = base_record(cfg, state.task, state.model, state.device, reference=parent["reference"])
+    record["model"].update(params=parent["model"]["params"], architecture=parent["model"].get("architecture"))
+    return record
 
 
 def cpu_latency_ms(model: nn.Module, args: tuple) -> float:
@@ -268,43 +418,44 @@ def cpu_latency_ms(model: nn.Module, args: tuple) -> float:
     return compress.latency_ms(model, args)
 
 
-def _variant_fields(cfg: RunConfig, model: nn.Module, args: tuple, parent: dict[str, Any], parent_path: Path,
-                    before: dict[str, Any], metrics: dict[str, dict[str, float]], notes: list[str]) -> dict[str, Any]:
-    """The variant block of a record: what it costs and saves against the parent, measured in one process."""
-    size, zsize = compress.serialized_size(model)
-    delta = {f"{s}/{k}": v - parent["metrics"][s][k] for s in metrics for k, v in metrics[s].items()
+def _variant_fields(cfg: RunConfig, parent: dict[str, Any], parent_path: Path, measured: dict[str, Any],
+                    notes: list[str], metrics: dict[str, dict[str, float]] | None = None) -> dict[str, Any]:
+    """The variant block of a record: what it costs and saves against the parent, measured in one process
+    (measurements not taken yet, in an interrupted variant's record, are null)."""
+    size, zsize = measured.get("size", (None, None))
+    before = measured.get("bytes", (None, None))
+    delta = {f"{s}/{k}": v - parent["metrics"][s][k] for s in (metrics or {}) for k, v in metrics[s].items()
              if parent["metrics"].get(s, {}).get(k) is not None}
     return {"name": cfg.variant, "parent_run_id": parent["run_id"], "parent_record": str(parent_path),
-            "sparsity": compress.sparsity(model) if cfg.variant.startswith("prune") else 0.0,
-            "size_bytes": size, "parent_size_bytes": before["bytes"][0], "compressed_bytes": zsize,
-            "parent_compressed_bytes": before["bytes"][1], "latency_ms": cpu_latency_ms(model, args),
-            "parent_latency_ms": before["latency"], "finetune_units": cfg.finetune_units, "notes": notes,
-            "quality_delta": delta}
+            "sparsity": measured.get("sparsity"), "size_bytes": size, "parent_size_bytes": before[0],
+            "compressed_bytes": zsize, "parent_compressed_bytes": before[1],
+            "latency_ms": measured.get("latency_after"), "parent_latency_ms": measured.get("latency"),
+            "finetune_units": cfg.finetune_units, "notes": notes, "quality_delta": delta}
 
 
-def _compress(cfg: RunConfig, task: Task, model: nn.Module, device: torch.device, parent: dict[str, Any],
-              results_dir: Path, progress_bar: bool | None) -> tuple[nn.Module, list[str], Any, Any]:
+def _compress(cfg: RunConfig, state: _Run, parent: dict[str, Any], results_dir: Path, progress_bar: bool | None,
+              resume: bool) -> tuple[nn.Module, list[str], Any]:
     """Apply the variant; pruning may fine-tune with the mask fixed at the parent's final learning rate."""
     if cfg.variant.startswith("quant"):
-        quantized, notes = compress.quantize_dynamic_int8(model)
-        return quantized, notes, None, None
-    notes = []
+        quantized, notes = compress.quantize_dynamic_int8(state.model)
+        return quantized, notes, None
+    model, notes, outcome = state.model, [], None
     targets = compress.prune_magnitude(model, int(cfg.variant.rsplit("-", 1)[1]) / 100)
-    trainer = outcome = None
     if cfg.finetune_units:
+        state.stage = "training"
         final_lr = next((p["lr"] for p in reversed(parent["learning_curve"]) if "lr" in p), cfg.train.lr)
         tune_cfg = dataclasses.replace(
             cfg, train=dataclasses.replace(cfg.train, lr=final_lr, lr_decay=1.0),
             budget=Budget(max_units=cfg.finetune_units, max_seconds=cfg.budget.max_seconds,
                           checkpoint_every_seconds=cfg.budget.checkpoint_every_seconds))
-        trainer = Trainer(tune_cfg, task, model, device, checkpoint_dir(results_dir, cfg.run_id),
-                          progress_bar=progress_bar)
-        outcome = trainer.run()
-        if outcome.status not in ("completed", "budget_exhausted"):
+        state.trainer = Trainer(tune_cfg, state.task, model, state.device, checkpoint_dir(results_dir, cfg.run_id),
+                                progress_bar=progress_bar)
+        outcome = state.trainer.run(resume)
+        if outcome.status not in FINISHED:
             raise UserError(f"the fine-tune ended {outcome.status} ({outcome.stopped_by}); no variant record was "
                             "written: run the variant again")
-        model.load_state_dict(torch.load(trainer.best_path, map_location=device)["model"])
+        model.load_state_dict(torch.load(state.trainer.best_path, map_location=state.device)["model"])
         notes.append(f"fine-tuned {cfg.finetune_units:,} units with the mask fixed, on top of the parent's budget, "
                      f"at the parent's final learning rate {final_lr:g}")
     compress.make_permanent(targets)
-    return model, notes, trainer, outcome
+    return model, notes, outcome

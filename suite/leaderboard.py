@@ -7,25 +7,34 @@ Grouping: one board per (task, source, dataset, budget, precision), where the da
 a task names in its record (captioning's coco or flickr8k, video's ucf101 or csv: their metrics are not
 comparable); one row per (model, variant, device class, config without seed), aggregated over seeds. Only
 completed and budget-exhausted runs enter the statistics; every run is counted in the row's status.
+
+Strict JSON: a statistic is a mean over finite values only. A metric a run recorded as NaN, infinite or null
+(a record stores a non-finite number as null) is counted in the statistic's `not_finite`, and then the mean
+and std are null: the mean over seeds is not a number, and no view may rank the row by its other seeds.
 """
 from __future__ import annotations
 
 import datetime as dt
 import hashlib
 import json
+import math
 import os
 import statistics
 import sys
 from pathlib import Path
 from typing import Any
 
+from filelock import FileLock
+
 from suite import registry
 from suite.config import identity
+from suite.durable import atomic_write_text, remove_temporaries
 from suite.errors import UserError
-from suite.results import atomic_write_text, load_record
+from suite.results import finite, load_record, parse_json
 
 FORMAT, VERSION = "seqsuite-leaderboard", 1
 FINISHED = ("completed", "budget_exhausted")
+LOCK = ".leaderboard.lock"  # in the output folder: one `suite leaderboard` at a time writes there
 REFERENCE_NOTE = ("a non-recurrent model shown for comparison, trained under the same budget as the recurrent models "
                   "and ranked with them")  # what every view's legend says a reference-model row is
 
@@ -70,23 +79,55 @@ def row_key(record: dict[str, Any]) -> tuple[str, ...]:
             device_class(record), config_digest(record))
 
 
-def stat(values: list[float]) -> dict[str, Any]:
-    """Mean, sample standard deviation (None for one value), count and the values (compare's Welch test)."""
-    values = [v for v in values if v is not None]
-    if not values:
-        return {"mean": None, "std": None, "n": 0, "values": []}
-    std = statistics.stdev(values) if len(values) > 1 else None
-    return {"mean": statistics.fmean(values), "std": std, "n": len(values), "values": values}
+def stat(values: list[float | None]) -> dict[str, Any]:
+    """Mean, sample standard deviation (None for one value), count and the finite values (compare's Welch
+    test), and `not_finite`: how many values were NaN, infinite or null. One such value nulls mean and std."""
+    good = [v for v in values if isinstance(v, int | float) and math.isfinite(v)]
+    bad = len(values) - len(good)
+    mean = std = None
+    if good and not bad:
+        try:
+            mean = statistics.fmean(good)
+            std = statistics.stdev(good) if len(good) > 1 else None
+        except OverflowError:  # values near the float limit: the statistic itself is not finite
+            good, bad = [], len(good)
+    return {"mean": mean, "std": std, "n": len(good), "values": good, "not_finite": bad}
+
+
+def not_finite(stat: dict[str, Any] | None) -> str:
+    """'not finite (k of n)' when k of a statistic's n runs had a NaN, infinite or null value, else '': the words
+    every view (Markdown, site, compare) uses for a statistic that has no mean for that reason."""
+    bad = (stat or {}).get("not_finite") or 0
+    return f"not finite ({bad} of {bad + stat['n']})" if bad else ""
+
+
+def restat(read: dict[str, Any]) -> dict[str, Any]:
+    """A statistic read back from an export (ours, an older one, or one whose NaN tokens were read as null),
+    recomputed from its values so that mean, n and not_finite agree with `stat` whoever wrote it."""
+    return stat([*read.get("values", []), *[None] * int(read.get("not_finite") or 0)])
+
+
+def _metric(done: list[dict[str, Any]], name: str) -> list[float | None]:
+    """A test/valid metric of every finished run that reports it; null (a non-finite value) is kept."""
+    split, metric = name.split("/", 1)
+    return [r["metrics"][split][metric] for r in done if metric in r["metrics"].get(split, {})]
+
+
+def _speed(done: list[dict[str, Any]], key: str) -> list[float | None]:
+    """A throughput figure of the runs that measured one. Null means not measured (a variant, a run shorter than
+    its warm-up) unless the record's `non_finite` (schema v3) names it: then it was NaN or infinite."""
+    pointer = f"/throughput/{key}"
+    return [r["throughput"][key] for r in done
+            if r["throughput"][key] is not None or pointer in r.get("non_finite", ())]
 
 
 def _row(key: tuple, runs: list[tuple[Path, dict[str, Any]]], results_dir: Path) -> dict[str, Any]:
     first = runs[0][1]
     done = [r for _, r in runs if r["status"] in FINISHED]
     metric_names = sorted({f"{s}/{m}" for r in done for s, ms in r["metrics"].items() for m in ms})
-    stats = {name: stat([r["metrics"].get(name.split("/")[0], {}).get(name.split("/")[1]) for r in done])
-             for name in metric_names}
-    stats["train_units_per_s"] = stat([r["throughput"]["train_units_per_s"] for r in done])
-    stats["normalized_throughput"] = stat([r["throughput"]["normalized"] for r in done])
+    stats = {name: stat(_metric(done, name)) for name in metric_names}
+    stats["train_units_per_s"] = stat(_speed(done, "train_units_per_s"))
+    stats["normalized_throughput"] = stat(_speed(done, "normalized"))
     stats["peak_memory_bytes"] = stat([r["memory"]["peak_bytes"] for r in done])
     status: dict[str, int] = {}
     for _, r in runs:
@@ -146,14 +187,29 @@ def _applicable(task_cls: type) -> list[str]:
 
 
 def load_export(path: Path) -> dict[str, Any]:
-    """A leaderboard JSON written by `write_outputs`, checked for its format marker."""
+    """A leaderboard JSON written by `write_outputs` (NaN/Infinity tokens of other writers read as null), checked
+    for its format marker and its shape; anything else fails with one sentence."""
     try:
-        data = json.loads(Path(path).read_text())
-    except (OSError, json.JSONDecodeError) as exc:
-        raise UserError(f"cannot read leaderboard export {path} ({exc})") from None
+        data = parse_json(Path(path).read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise UserError(f"{path} is not a leaderboard export ({_reason(exc)})") from None
+    if isinstance(data, dict) and "schema_version" in data and "run_id" in data:
+        raise UserError(f"{path} is a result record, not a leaderboard export: pass the results directory it is in")
     if not isinstance(data, dict) or data.get("format") != FORMAT:
         raise UserError(f"{path} is not a seqsuite leaderboard export (no format marker {FORMAT!r})")
+    boards = data.get("boards")
+    if not isinstance(boards, list) or not all(isinstance(b, dict) and isinstance(b.get("rows"), list) for b in boards):
+        raise UserError(f"{path} is a damaged leaderboard export (its boards are not a list of boards with rows): "
+                        "write it again with `suite leaderboard`")
+    data.setdefault("skipped", [])
     return data
+
+
+def _reason(exc: Exception) -> str:
+    """An OS or decoding error in a few words (UnicodeDecodeError's own text holds the bytes it choked on)."""
+    if isinstance(exc, UnicodeDecodeError):
+        return f"not UTF-8 text: byte {exc.start}"
+    return exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
 
 
 def warn_skipped(export: dict[str, Any]) -> None:
@@ -161,10 +217,35 @@ def warn_skipped(export: dict[str, Any]) -> None:
         print(f"warning: skipped {line}", file=sys.stderr)
 
 
+def output_dir(out_dir: Path) -> Path:
+    """`out_dir`, created if need be; a file in its place or above it is the user's to fix, in one line."""
+    out_dir = Path(out_dir)
+    if out_dir.exists() and not out_dir.is_dir():
+        raise UserError(f"cannot write the leaderboard into {out_dir}: it is a file, not a directory (pass --out DIR)")
+    try:
+        out_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise UserError(f"cannot create the output directory {out_dir} ({_reason(exc)}): pass --out DIR") from None
+    return out_dir
+
+
+def output_lock(out_dir: Path) -> FileLock:
+    """The lock every writer into `out_dir` holds (leaderboard files, the site): one builder at a time, so
+    whatever in-flight file or folder the holder finds there is the leftover of a killed build."""
+    return FileLock(Path(out_dir) / LOCK)
+
+
 def write_outputs(export: dict[str, Any], results_dir: Path, out_dir: Path) -> list[Path]:
-    """leaderboard.json and LEADERBOARD.md under `out_dir`, each written atomically."""
+    """leaderboard.json (strict JSON: no NaN or Infinity token) and LEADERBOARD.md under `out_dir`, each
+    written atomically and fsynced, under the folder's lock."""
     from suite.markdown import render
 
-    out_dir.mkdir(parents=True, exist_ok=True)
-    return [atomic_write_text(out_dir / "leaderboard.json", json.dumps(export, indent=1) + "\n"),
-            atomic_write_text(out_dir / "LEADERBOARD.md", render(export, results_dir, out_dir))]
+    out_dir = output_dir(out_dir)
+    # `stat` leaves nothing non-finite; `finite` covers the rest (a record's 1e999 is read as infinity).
+    texts = {"leaderboard.json": json.dumps(finite(export), indent=1, allow_nan=False) + "\n",
+             "LEADERBOARD.md": render(export, results_dir, out_dir)}
+    with output_lock(out_dir):
+        for name, text in texts.items():
+            remove_temporaries(out_dir / name)  # of a killed writer: we hold the lock, so none is live
+            atomic_write_text(out_dir / name, text)
+    return [out_dir / name for name in texts]

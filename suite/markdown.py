@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import quote
 
-from suite.leaderboard import REFERENCE_NOTE
+from suite.leaderboard import REFERENCE_NOTE, not_finite
 
 ARROW = {True: "↑", False: "↓"}
 REFERENCE_MARK = " (reference model)"  # "model", not just "reference": a board's reference line is another thing
@@ -25,7 +25,9 @@ def cell(value: Any) -> str:
 
 
 def number(stats: dict[str, Any] | None, digits: int = 4, scale: float = 1.0) -> str:
-    """'mean ± std (n)' with `digits` significant figures; '-' when nothing was measured."""
+    """'mean ± std (n)' with `digits` significant figures; 'not finite (k of n)'; '-' when nothing was measured."""
+    if not_finite(stats):
+        return not_finite(stats)
     if not stats or stats["mean"] is None:
         return "-"
     fmt = (lambda x: f"{x:,.0f}") if abs(stats["mean"] / scale) >= 1000 else (lambda x: f"{x:.{digits}g}")
@@ -53,8 +55,8 @@ def board_table(board: dict[str, Any], results_dir: Path, out_dir: Path) -> list
     primary, higher = board["primary_metric"], board["metrics"][board["primary_metric"]]
     others = [m for m in board["metrics"] if m != primary]
     ref = board["reference"]
-    ref_value = ref.get("test", {}).get(primary)
-    reference = f"; reference {cell(ref['name'])}: {ref_value:.4g}" if ref_value is not None else ""
+    ref_value = ref.get("test").get(primary) if isinstance(ref.get("test"), dict) else None  # free-form in records
+    reference = f"; reference {cell(ref['name'])}: {ref_value:.4g}" if isinstance(ref_value, int | float) else ""
     dataset = f" {cell(board['dataset'])}" if board.get("dataset") else ""
     head = [f"### {cell(board['task'])} · {cell(board['source'])}{dataset} · budget {cell(board['budget'])} · "
             f"{cell(board['precision'])}", "",

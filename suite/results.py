@@ -6,16 +6,16 @@ from __future__ import annotations
 
 import json
 import math
-import os
 from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
 import jsonschema
 
+from suite.durable import atomic_write_text
 from suite.errors import UserError
 
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 SCHEMA_PATH = Path(__file__).with_name("schemas") / f"result-v{SCHEMA_VERSION}.json"
 
 
@@ -38,20 +38,25 @@ def record_path(results_dir: Path, record: dict[str, Any]) -> Path:
     return Path(results_dir) / record["task"]["name"] / record["model"]["name"] / f"{record['run_id']}.json"
 
 
+FINISHED = ("completed", "budget_exhausted")
+"""A finished run's record holds its final metrics; it is replaced only on request (`suite run --rerun`)."""
+
+
 def write_record(record: dict[str, Any], path: Path) -> Path:
-    """Validate, then write via a temporary file and rename so a reader never sees half a record."""
-    record = finite(record)
+    """Validate, then write strict JSON durably (suite/durable.py): a reader never sees half a record. Numbers
+    that are NaN or infinite are stored as null, and `non_finite` names where they were."""
+    record = {**finite(record), "non_finite": sorted({*record.get("non_finite", []), *non_finite_paths(record)})}
     validate(record)
     path.parent.mkdir(parents=True, exist_ok=True)
     return atomic_write_text(path, json.dumps(record, indent=2, allow_nan=False) + "\n")
 
 
-def atomic_write_text(path: Path, text: str) -> Path:
-    """Write through a temporary file beside `path` and rename: readers see the old or the new file, whole."""
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_text(text, encoding="utf-8")
-    os.replace(tmp, path)
-    return path
+def non_finite_paths(value: Any, where: str = "") -> list[str]:
+    """JSON pointers (RFC 6901) of the NaN and infinite floats in `value`."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return [where]
+    items = value.items() if isinstance(value, dict) else enumerate(value) if isinstance(value, list) else ()
+    return [p for k, v in items for p in non_finite_paths(v, f"{where}/{str(k).replace('~', '~0').replace('/', '~1')}")]
 
 
 def load_record(path: Path) -> dict[str, Any]:
@@ -89,7 +94,12 @@ def _v1_to_v2(record: dict[str, Any]) -> dict[str, Any]:
     return record
 
 
-MIGRATIONS = {1: _v1_to_v2}  # version -> function that lifts a record to version + 1
+def _v2_to_v3(record: dict[str, Any]) -> dict[str, Any]:
+    """v3 added where an unfinished run stopped and which numbers were not finite; v2 recorded neither."""
+    return {**record, "stage": None, "non_finite": []}
+
+
+MIGRATIONS = {1: _v1_to_v2, 2: _v2_to_v3}  # version -> function that lifts a record to version + 1
 
 
 def migrate(record: dict[str, Any]) -> dict[str, Any]:

@@ -1,5 +1,5 @@
 """The one training loop: budget, precision policy, clipping, LR schedule, evaluation cadence,
-best-checkpoint selection, atomic checkpoints with exact resume, and signal handling.
+best-checkpoint selection, atomic checkpoints with exact resume, and stop signals (suite/interrupts.py).
 
 It knows nothing about any task beyond the `tasks.base.Task` interface.
 """
@@ -7,11 +7,8 @@ from __future__ import annotations
 
 import dataclasses
 import math
-import os
 import random
-import signal
 import sys
-import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -23,15 +20,12 @@ import numpy as np
 import torch
 from torch import nn
 
-from suite import distributed
+from suite import distributed, durable, interrupts
 from suite.config import RunConfig
 from suite.distributed import World
 from suite.errors import UserError
 from suite.precision import PrecisionPolicy
 from tasks.base import Task
-
-STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGUSR2)
-"""Checkpoint, then stop: a kill, Ctrl-C, and Slurm's warning before a job's time limit (submitit's SIGUSR2)."""
 
 
 @dataclass
@@ -60,17 +54,14 @@ class Progress:
 @dataclass
 class Outcome:
     status: str
-    """completed | budget_exhausted | interrupted | diverged"""
+    """completed | budget_exhausted | diverged (a stop signal raises interrupts.Interrupted instead)"""
     stopped_by: str | None
     progress: Progress
-    signal: int | None = None
 
 
 def atomic_save(obj: Any, path: Path) -> None:
-    """torch.save to a temporary file beside `path`, then rename: a kill never leaves half a file."""
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    torch.save(obj, tmp)
-    os.replace(tmp, path)
+    """torch.save through suite/durable.py: neither a kill nor a power loss leaves half a checkpoint."""
+    durable.atomic_write(path, lambda out: torch.save(obj, out))
 
 
 def evaluate(task: Task, model: nn.Module, policy: PrecisionPolicy, split: str) -> tuple[dict[str, float], float]:
@@ -109,8 +100,9 @@ class Trainer:
         self.carry: Any = None
         self.unit_limit, self.unit_reason = self._unit_limit()
         self.show_bar = world.main and (sys.stderr.isatty() if progress_bar is None else progress_bar)
-        self._signal: int | None = None
         self._last_checkpoint = 0.0
+        self.stage = "training"
+        """training, then evaluation (the last validation, after the end of training is checkpointed)."""
 
     @property
     def best_path(self) -> Path:
@@ -130,9 +122,26 @@ class Trainer:
         return min(limits, key=lambda x: x[0])
 
     def run(self, resume: bool = False) -> Outcome:
-        """Train until a budget limit, a signal or a non-finite loss; always ends with a validation eval."""
+        """Train until a budget limit or a non-finite loss; a finished training is checkpointed and validated
+        once more. A stop signal during training checkpoints after the step in flight, one during that last
+        validation stops it at once; either raises interrupts.Interrupted, and `resume` continues from the
+        checkpoint (after a finished training, with the last validation alone)."""
         self.ckpt_dir.mkdir(parents=True, exist_ok=True)
-        found = distributed.gather_rows([resume and self.last_path.exists()], self.world, self.device)[:, 0]
+        self._start(resume)
+        with interrupts.guard():
+            with interrupts.deferred():  # a signal is acted on between steps, by _loop
+                outcome = self._loop()
+                if outcome.status in ("completed", "budget_exhausted"):
+                    self._save_checkpoint()  # last.pt stays until the caller has written the record
+            self.stage = "evaluation"
+            if outcome.status in ("completed", "budget_exhausted"):
+                self._maybe_evaluate()
+        return outcome
+
+    def _start(self, resume: bool) -> None:
+        """Load the checkpoint when resuming; say so when one is found and not resumed, or asked for and absent."""
+        exists = self.last_path.exists()
+        found = distributed.gather_rows([resume and exists], self.world, self.device)[:, 0]
         if found.min() != found.max():
             raise UserError(f"only some ranks see the checkpoint {self.last_path}: put --results on a file system "
                             "that every node shares")
@@ -140,20 +149,9 @@ class Trainer:
             self._load_checkpoint()
         elif resume:
             print(f"no checkpoint at {self.last_path}: starting from scratch", file=sys.stderr)
-        # Signal handlers can only be set from the main thread; elsewhere the caller owns shutdown.
-        main = threading.current_thread() is threading.main_thread()
-        old = {s: signal.signal(s, self._on_signal) for s in STOP_SIGNALS} if main else {}
-        try:
-            outcome = self._loop()
-        finally:
-            for s, handler in old.items():
-                signal.signal(s, handler)
-        if outcome.status in ("completed", "budget_exhausted"):
-            self._maybe_evaluate()  # last.pt stays until the caller has written the record
-        return outcome
-
-    def _on_signal(self, signum: int, frame: Any) -> None:
-        self._signal = signum  # acted on after the current step: checkpoint, then exit
+        elif exists and self.world.main:
+            print(f"note: {self.last_path} holds an unfinished run of this config; starting over without --resume "
+                  "(it is replaced at this run's first checkpoint)", file=sys.stderr)
 
     def _loop(self) -> Outcome:
         p, bar = self.progress, _Bar(self) if self.show_bar else None
@@ -173,7 +171,8 @@ class Trainer:
                         bar.update(loss)
                     if signum:
                         self._save_checkpoint()
-                        return Outcome("interrupted", signal.Signals(signum).name, p, signum)
+                        interrupts.clear()  # every rank raises it here, also those that did not receive it
+                        raise interrupts.Interrupted(signum)
                     if checkpoint_due:
                         self._save_checkpoint()
                     every = self.cfg.budget.eval_every_units
@@ -208,7 +207,7 @@ class Trainer:
         self.policy.step(loss, self.optimizer, self.params, self.cfg.train.clip)
         seconds = self.clock() - fetch_start
         due = self.clock() - self._last_checkpoint >= self.cfg.budget.checkpoint_every_seconds
-        rows = distributed.gather_rows([units, value * units, seconds, self._signal or 0, due], self.world,
+        rows = distributed.gather_rows([units, value * units, seconds, interrupts.pending() or 0, due], self.world,
                                        self.device)  # (world, 5): every rank takes the same decisions
         units, loss_sum = int(rows[:, 0].sum()), float(rows[:, 1].sum())
         seconds, due = float(rows[0, 2]), bool(rows[0, 4])  # rank 0's clock

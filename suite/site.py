@@ -18,13 +18,15 @@ from pathlib import Path
 from typing import Any
 
 from suite import plots
+from suite.durable import fsync_dir
 from suite.errors import UserError
-from suite.leaderboard import REFERENCE_NOTE
+from suite.leaderboard import REFERENCE_NOTE, not_finite, output_dir, output_lock
 from suite.results import load_record
 
 ASSETS = Path(__file__).with_name("site_assets")
 CSP = "default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self'"
 BADGE = '<span class="badge">reference model</span>'
+BUILDS = re.compile(r"\.site-\d+\.(tmp|old)")  # a build's folder while it is written, and the site it replaced
 
 
 def e(value: Any) -> str:
@@ -60,29 +62,55 @@ def write_site(export: dict[str, Any], results_dir: Path, out_dir: Path) -> Path
     """Write `out_dir/site/` (index, run pages, plots, assets) from the export; returns index.html's path.
 
     The site is built in a temporary sibling folder and swapped in, so a reader never sees half a site
-    and pages of runs that no longer exist do not linger.
+    and pages of runs that no longer exist do not linger. The build holds the output folder's lock: two
+    `suite leaderboard` runs into one folder take turns instead of renaming over each other's folders.
     """
-    root = Path(out_dir) / "site"
-    build = Path(out_dir) / f".site-{os.getpid()}.tmp"
-    shutil.rmtree(build, ignore_errors=True)
-    build.parent.mkdir(parents=True, exist_ok=True)
-    site = Site(Path(results_dir), root, build)
-    for board in export["boards"]:
-        for row in board["rows"]:
-            for rel in row["records"]:
-                site.records[rel] = _load(site.results / rel)
-    shutil.copytree(ASSETS, build / "assets")
-    (build / "runs").mkdir()
+    out_dir = output_dir(out_dir)
+    root = out_dir / "site"
+    build = out_dir / f".site-{os.getpid()}.tmp"
+    with output_lock(out_dir):
+        remove_stale_builds(out_dir)
+        try:
+            build.mkdir()
+            site = Site(Path(results_dir), root, build)
+            for board in export["boards"]:
+                for row in board["rows"]:
+                    for rel in row["records"]:
+                        site.records[rel] = _load(site.results / rel)
+            _write_pages(site, export)
+            _swap(build, root)
+        finally:
+            shutil.rmtree(build, ignore_errors=True)  # gone after the swap; half a build if something above failed
+    return root / "index.html"
+
+
+def remove_stale_builds(out_dir: Path) -> None:
+    """Delete `.site-PID.tmp` / `.site-PID.old` folders under `out_dir`. Only the holder of the folder's lock may
+    call it: it is the one builder, so any such folder is the leftover of a killed build."""
+    for p in Path(out_dir).iterdir():
+        if BUILDS.fullmatch(p.name):
+            shutil.rmtree(p, ignore_errors=True)  # what stays is tried again by the next build
+
+
+def _write_pages(site: Site, export: dict[str, Any]) -> None:
+    """Assets, run pages, plots and the index into the build folder (private to this build until the swap)."""
+    shutil.copytree(ASSETS, site.build / "assets")
+    (site.build / "runs").mkdir()
     for rel, record in site.records.items():
         if record is not None:
-            (build / "runs" / site.run_page(rel)).write_text(run_page(site, rel, record))
-    (build / "index.html").write_text(index_page(site, export))
+            (site.build / "runs" / site.run_page(rel)).write_text(run_page(site, rel, record), encoding="utf-8")
+    (site.build / "index.html").write_text(index_page(site, export), encoding="utf-8")
+
+
+def _swap(build: Path, root: Path) -> None:
+    """Put the finished build at `root` and drop the site it replaces (two renames: under the lock, nobody else
+    renames in this folder, so neither can fail on a folder another build left)."""
     old = root.with_name(f".site-{os.getpid()}.old")
     if root.exists():
         root.rename(old)
     build.rename(root)
+    fsync_dir(root.parent)  # the renames survive a crash; a killed build's .old is removed by the next one
     shutil.rmtree(old, ignore_errors=True)
-    return root / "index.html"
 
 
 def _load(path: Path) -> dict[str, Any] | None:
@@ -197,6 +225,8 @@ def _num(value: float | None, digits: int = 2) -> str:
 
 def _stat(row: dict[str, Any], name: str, digits: int = 2, scale: float = 1.0) -> tuple[float | None, str]:
     s = row["stats"].get(name) or {"mean": None, "n": 0}
+    if not_finite(s):  # no mean: sorts with the empty cells, last either way
+        return None, f'<span class="none" title="NaN or infinite in some runs: no mean">{e(not_finite(s))}</span>'
     if s["mean"] is None:
         return None, '<span class="none">–</span>'
     std = f" ± {_num(s['std'] / scale, digits)}" if s.get("std") is not None else ""

@@ -22,25 +22,18 @@ import signal
 import sys
 import threading
 import time
-import tomllib
 from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from suite import registry
+from suite import experiment, registry
 from suite.config import BUDGETS, PRECISIONS, SOURCES, VARIANTS, RunConfig, build_config
 from suite.errors import UserError
+from suite.results import FINISHED
+from suite.sweep_spec import DEFAULTS, GRID, check_spec
 
-GRID = ("task", "model", "source", "budget", "precision", "seed", "variant")
-SETTINGS = ("set", "workers", "results", "retry_failed", "executor", "procs_per_run", "gpus_per_run",
-            "cpus_per_run", "partition", "account", "time")
-DEFAULTS: dict[str, Any] = {"source": ["real"], "budget": ["small"], "precision": ["fp32"], "seed": [1],
-                            "variant": ["dense"], "set": [], "workers": 1, "results": "results",
-                            "retry_failed": False, "executor": "local", "procs_per_run": None, "gpus_per_run": 0,
-                            "cpus_per_run": None, "partition": None, "account": None, "time": None}
 EXECUTORS = ("local", "slurm")
-FINISHED = ("completed", "budget_exhausted")
 
 
 @dataclass(frozen=True)
@@ -56,11 +49,7 @@ class Run:
     def run_id(self) -> str:
         if self.variant == "dense":
             return self.cfg.run_id
-        # As experiment.run_variant does: one process, and the int8 kernels on the CPU.
-        cfg = dataclasses.replace(self.cfg, variant=self.variant, parent=self.cfg.run_id, world_size=1)
-        if self.variant.startswith("quant"):
-            cfg = dataclasses.replace(cfg, device="cpu")
-        return cfg.run_id
+        return experiment.variant_config(self.cfg, self.cfg.run_id, self.variant).run_id
 
     @property
     def procs(self) -> int:
@@ -90,41 +79,16 @@ class Run:
         return [*launcher, *self.argv(results), *(["--resume"] if resume and self.variant == "dense" else [])]
 
 
-def load_spec(path: Path) -> dict[str, Any]:
-    """A TOML spec: the GRID keys (a list or a comma-separated string each) and the SETTINGS."""
-    try:
-        spec = tomllib.loads(Path(path).read_text(encoding="utf-8"))
-    except (OSError, tomllib.TOMLDecodeError, UnicodeDecodeError) as err:
-        raise UserError(f"sweep spec {path} cannot be read ({err}): write it as TOML with keys "
-                        f"{', '.join(GRID + SETTINGS)}") from None
-    for key in spec:
-        if key not in GRID + SETTINGS:
-            close = difflib.get_close_matches(key, GRID + SETTINGS, n=1)
-            hint = f"did you mean {close[0]!r}?" if close else f"keys are {', '.join(GRID + SETTINGS)}"
-            raise UserError(f"sweep spec {path}: unknown key {key!r}: {hint}")
-    return spec
-
-
 def grid_values(spec: dict[str, Any], key: str) -> list[Any]:
-    """The values of one grid key: a list, or a comma-separated string; "all" expands tasks and models."""
+    """One grid key's values in a checked spec, from a list or a comma-separated string; "all" tasks or models."""
     raw = spec.get(key, DEFAULTS.get(key))
     if raw is None:
         raise UserError(f"the sweep needs --{key} (a name, a comma-separated list, or all)")
-    if isinstance(raw, str):
-        values = [v.strip() for v in raw.split(",")]
-    elif isinstance(raw, list):
-        values = raw
-    elif isinstance(raw, int) and not isinstance(raw, bool):
-        values = [raw]  # seed = 1 in TOML
-    else:
-        raise UserError(f"sweep key {key} takes a name, a comma-separated string or a list, got {raw!r}")
+    values = [v.strip() for v in raw.split(",")] if isinstance(raw, str) else raw if isinstance(raw, list) else [raw]
     if values == ["all"] and key in ("task", "model"):
         return list(registry.TASKS if key == "task" else registry.MODELS)
     if key == "seed":
-        try:
-            return [int(v) for v in values]
-        except ValueError:
-            raise UserError(f"seeds must be integers, got {raw!r}") from None
+        return [int(v) for v in values]  # checked: integers, or their digits from a comma-separated string
     allowed = {"source": SOURCES, "budget": tuple(BUDGETS), "precision": PRECISIONS, "variant": VARIANTS}.get(key)
     for value in values:
         if key in ("task", "model"):
@@ -139,16 +103,15 @@ def grid_values(spec: dict[str, Any], key: str) -> list[Any]:
 def plan(spec: dict[str, Any], device: str) -> tuple[list[Run], list[str]]:
     """(runs, one line per dropped combination): dense runs first, then variants; every config is built
     now, so a bad override fails before anything runs."""
-    from suite.experiment import applicable_models
-
+    check_spec(spec)  # a spec built by code is checked as one from a file or from flags
     grid = {key: grid_values(spec, key) for key in GRID}
     world = procs_per_run(spec)
-    sets = spec.get("set", DEFAULTS["set"])
-    sets = [sets] if isinstance(sets, str) else list(sets)
+    sets = setting(spec, "set")
+    sets = [sets] if isinstance(sets, str) else sets
     dense, variants, dropped = [], [], []
     for task, model in itertools.product(grid["task"], grid["model"]):
         task_cls = registry.TASKS[task]
-        if model not in applicable_models(task_cls):
+        if model not in experiment.applicable_models(task_cls):
             dropped.append(f"skipped {task} x {model}: not applicable ({model} is bidirectional, {task} is causal)")
             continue
         for source, budget, precision, seed in itertools.product(grid["source"], grid["budget"], grid["precision"],
@@ -164,17 +127,15 @@ def plan(spec: dict[str, Any], device: str) -> tuple[list[Run], list[str]]:
     return list(unique.values()), dropped
 
 
-def count(spec: dict[str, Any], key: str, least: int) -> int | None:
-    """A whole-number setting of the sweep, at least `least`, or None when unset."""
-    value = spec.get(key, DEFAULTS[key])
-    if value is not None and (not isinstance(value, int) or isinstance(value, bool) or value < least):
-        raise UserError(f"--{key.replace('_', '-')} must be a whole number >= {least}, got {value!r}")
-    return value
+def setting(spec: dict[str, Any], key: str) -> Any:
+    """A setting of a checked spec, or its default when unset."""
+    value = spec.get(key)
+    return DEFAULTS[key] if value is None else value
 
 
 def procs_per_run(spec: dict[str, Any]) -> int:
     """DDP processes per run: one per GPU with --gpus-per-run, else --procs-per-run (CPU gloo), else one."""
-    gpus, procs = count(spec, "gpus_per_run", 0), count(spec, "procs_per_run", 1)
+    gpus, procs = setting(spec, "gpus_per_run"), setting(spec, "procs_per_run")
     if gpus and procs and procs != gpus:
         raise UserError(f"--procs-per-run {procs} and --gpus-per-run {gpus} disagree: a run has one process per GPU")
     return gpus or procs or 1
@@ -273,42 +234,35 @@ def run_device(spec: dict[str, Any], executor: str) -> str:
     GPUs say nothing about the nodes'); else what this machine has."""
     from suite.cli import _resolved_device
 
-    if count(spec, "gpus_per_run", 0):
+    if setting(spec, "gpus_per_run"):
         return "cuda"
-    if executor == "slurm" or count(spec, "procs_per_run", 1):
+    if executor == "slurm" or setting(spec, "procs_per_run"):
         return "cpu"
     return _resolved_device("auto")
 
 
 def resumable(run: Run, results: Path) -> bool:
     """An interrupted record, or a checkpoint left by a run killed before it could write one."""
-    from suite.experiment import checkpoint_dir
-
-    return state(run, results) == "interrupted" or (checkpoint_dir(results, run.run_id) / "last.pt").is_file()
+    last = experiment.checkpoint_dir(results, run.run_id) / "last.pt"
+    return state(run, results) == "interrupted" or last.is_file()
 
 
 def settings(spec: dict[str, Any]) -> tuple[str, int]:
-    """(executor, workers), checked."""
-    executor = spec.get("executor", DEFAULTS["executor"])
+    """(executor, workers) of a checked spec, the executor known and the Slurm settings only with it."""
+    executor = setting(spec, "executor")
     if executor not in EXECUTORS:
-        close = difflib.get_close_matches(str(executor), EXECUTORS, n=1)
+        close = difflib.get_close_matches(executor, EXECUTORS, n=1)
         hint = f"did you mean {close[0]!r}?" if close else f"choose from {', '.join(EXECUTORS)}"
         raise UserError(f"unknown executor {executor!r}: {hint}")
-    workers = count(spec, "workers", 1)
-    for key in ("cpus_per_run", "time"):
-        count(spec, key, 1)
-    for key in ("partition", "account"):
-        if spec.get(key) is not None and not isinstance(spec[key], str):
-            raise UserError(f"--{key} must be a name, got {spec[key]!r}")
     if executor == "local" and any(spec.get(k) is not None for k in ("partition", "account", "time", "cpus_per_run")):
         raise UserError("--partition, --account, --time and --cpus-per-run are Slurm settings: add --executor slurm")
-    return executor, workers
+    return executor, setting(spec, "workers")
 
 
 def main(spec: dict[str, Any], dry_run: bool) -> int:
-    """Plan, print the plan, and (unless `dry_run`) run it; the leaderboard is rebuilt at the end."""
-    executor, workers = settings(spec)
-    results = Path(spec.get("results", DEFAULTS["results"]))
+    """Check the spec (flags too), plan, print the plan, and (unless `dry_run`) run it; then the leaderboard."""
+    executor, workers = settings(check_spec(spec))
+    results = Path(setting(spec, "results"))
     runs, dropped = plan(spec, run_device(spec, executor))
     for line in dropped:
         print(line)
@@ -339,10 +293,10 @@ def main(spec: dict[str, Any], dry_run: bool) -> int:
 def _execute(executor: str, runs: list[Run], results: Path, workers: int, spec: dict[str, Any]) -> Counter:
     from suite import sweep_local, sweep_slurm
 
-    progress, retry = Progress(len(runs)), bool(spec.get("retry_failed", False))
+    progress, retry = Progress(len(runs)), setting(spec, "retry_failed")
     if executor == "slurm":
         return sweep_slurm.execute(runs, results, spec, workers, retry, progress)
-    return sweep_local.execute(runs, results, workers, retry, progress, count(spec, "gpus_per_run", 0) or 0)
+    return sweep_local.execute(runs, results, workers, retry, progress, setting(spec, "gpus_per_run"))
 
 
 def summary(runs: list[Run], results: Path) -> list[str]:

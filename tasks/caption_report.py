@@ -11,7 +11,7 @@ from matplotlib.figure import Figure
 from torch import nn
 
 from suite.decoding import decode
-from suite.results import atomic_write_text
+from suite.durable import atomic_write_text
 from tasks.subwords import BOS, EOS
 
 if TYPE_CHECKING:

@@ -31,6 +31,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from suite.config import Checked, bounded, seed_field
 from suite.decoding import decode
 from suite.errors import UserError
 from suite.features import ENCODERS, GridEncoder, cached_features
@@ -61,43 +62,44 @@ _PAPER = {"backbone.hidden_size": 512, "backbone.num_layers": 1, "options.emb_si
 
 
 @dataclass(frozen=True)
-class CaptioningOptions:
-    emb_size: int = 256
+class CaptioningOptions(Checked):
+    emb_size: int = bounded(256, low=1)
     attention: str = "additive"
     """additive (Bahdanau, as Show, Attend and Tell) or multiplicative (Luong general)."""
     blind: bool = False
     """Leave the image out: the blind-decoder reference line."""
-    alpha_c: float = 1.0
+    alpha_c: float = bounded(1.0, low=0)
     """Weight of the doubly stochastic attention regulariser."""
-    dropout: float = 0.0
+    dropout: float = bounded(0.0, low=0, high=1, high_open=True)
     dataset: str = "coco"
     """Real source: coco, flickr8k or flickr30k."""
     encoder: str = "resnet50"
     """Feature CNN of real images (ImageNet weights when in torch's cache, else a seeded random init)."""
-    image_size: int = 224
+    image_size: int = bounded(224, low=32, why="one cell of the ResNet's 32-pixel grid")
     finetune_cnn: bool = False
     """Train the encoder's last residual stage end to end with the decoder (images are then read at every
     step instead of cached features: far slower)."""
     download_weights: bool = True
     """Fetch the encoder's ImageNet weights when torch's cache lacks them (offline: a seeded random init,
     which the record says)."""
-    min_word_count: int = 5
+    min_word_count: int = bounded(5, low=1)
     """Training words seen fewer times become <unk>."""
-    max_caption_len: int = 20
+    max_caption_len: int = bounded(20, low=1)
     """Words kept per training caption; also the most words a generated caption may have."""
-    beam: int = 1
-    length_penalty: float = 0.0
-    examples: int = 4
+    beam: int = bounded(1, low=1)
+    length_penalty: float = bounded(0.0, low=0)
+    examples: int = bounded(4, low=0)
     """Test images whose caption and attention maps are saved as PNG next to the record."""
-    reference_units: int | None = None
+    reference_units: int | None = bounded(None, low=1)
     """Caption words the blind twin trains for; None: the run's own budget (a fair line, twice the cost)."""
-    split_seed: int = 0
+    split_seed: int = seed_field()
     """Seed of the val2017 valid/test halves when no Karpathy split is present."""
-    synthetic_images: int = 4_000
-    synthetic_eval_images: int = 300
-    synthetic_seed: int = 0
+    synthetic_images: int = bounded(4_000, low=1)
+    synthetic_eval_images: int = bounded(300, low=1)
+    synthetic_seed: int = seed_field()
 
     def __post_init__(self) -> None:
+        super().__post_init__()
         if self.attention not in ("additive", "multiplicative"):
             raise UserError(f"options.attention must be additive or multiplicative, got {self.attention!r} "
                             "(options.blind=True is the model without the image)")
@@ -105,12 +107,6 @@ class CaptioningOptions:
             raise UserError(f"options.dataset must be coco, flickr8k or flickr30k, got {self.dataset!r}")
         if self.encoder not in ENCODERS:
             raise UserError(f"options.encoder must be one of {', '.join(ENCODERS)}, got {self.encoder!r}")
-        if min(self.beam, self.max_caption_len, self.min_word_count, self.synthetic_images,
-               self.synthetic_eval_images) < 1 or self.image_size < 32:
-            raise UserError("options.beam, max_caption_len, min_word_count and synthetic_*images must be >= 1, "
-                            "options.image_size >= 32")
-        if self.alpha_c < 0 or not 0 <= self.dropout < 1:
-            raise UserError("options.alpha_c must be >= 0 and options.dropout in [0, 1)")
 
 
 @register_task("captioning")

@@ -14,7 +14,6 @@ Published non-pretrained anchors (test accuracy): LSTM 86.5 % (Dai & Le 2015), a
 from __future__ import annotations
 
 import hashlib
-import os
 import re
 from collections import Counter
 from collections.abc import Iterator
@@ -28,8 +27,9 @@ import torch.nn.functional as F
 from torch import nn
 
 from suite.archives import extract
+from suite.config import Checked, bounded, seed_field
 from suite.errors import DataError, UserError
-from suite.fetch import RemoteFile, data_dir, fetch
+from suite.fetch import RemoteFile, data_dir, fetch, write_cache
 from suite.registry import register_task
 from tasks.base import BackboneFactory, Task
 from tasks.batching import bucket_order
@@ -53,33 +53,30 @@ _PAPER = {"backbone.hidden_size": 256, "backbone.num_layers": 2, "backbone.dropo
 
 
 @dataclass(frozen=True)
-class IMDBOptions:
-    emb_size: int = 128
-    vocab_size: int = 25_000
+class IMDBOptions(Checked):
+    emb_size: int = bounded(128, low=1)
+    vocab_size: int = bounded(25_000, low=3, why="<pad>, <unk> and one word")
     """Vocabulary size including <pad> and <unk>."""
-    max_len: int = 400
+    max_len: int = bounded(400, low=1)
     """Tokens kept per review (the last ones)."""
     pooling: str = "last"
     """last (final state, both directions for brnn), mean or max over the valid positions."""
-    dropout: float = 0.0
+    dropout: float = bounded(0.0, low=0, high=1, high_open=True)
     """Dropout on the embeddings and before the classifier."""
-    valid_fraction: float = 0.1
+    valid_fraction: float = bounded(0.1, low=0, high=1, low_open=True, high_open=True)
     """Share of train carved out as validation by a permutation fixed by split_seed."""
-    split_seed: int = 0
+    split_seed: int = seed_field()
     """Seed of the validation split (fixed across run seeds so that runs compare)."""
-    bucket_batches: int = 20
+    bucket_batches: int = bounded(20, low=1)
     """Training batches per bucket: examples are sorted by length within chunks of this many batches."""
-    synthetic_reviews: int = 8_000
+    synthetic_reviews: int = bounded(8_000, low=4, why="the test split gets a quarter as many")
     """Training reviews of the synthetic source (test gets a quarter as many; valid is carved from train)."""
-    synthetic_seed: int = 0
+    synthetic_seed: int = seed_field()
 
     def __post_init__(self) -> None:
+        super().__post_init__()
         if self.pooling not in POOLINGS:
             raise UserError(f"options.pooling must be one of {', '.join(POOLINGS)}, got {self.pooling!r}")
-        if not 0 < self.valid_fraction < 1:
-            raise UserError(f"options.valid_fraction must be in (0, 1), got {self.valid_fraction}")
-        if self.vocab_size < 3 or self.max_len < 1 or self.bucket_batches < 1:
-            raise UserError("options.vocab_size must be >= 3, options.max_len and options.bucket_batches >= 1")
 
 
 def tokenize(text: str) -> list[str]:
@@ -122,11 +119,7 @@ def cached_tokens(texts: dict[str, list[str]], vocab_size: int, max_len: int) ->
     for split, rows in ids.items():
         arrays[f"{split}_ids"] = np.concatenate(rows) if rows else np.zeros(0, np.int64)
         arrays[f"{split}_lengths"] = np.array([len(r) for r in rows], dtype=np.int64)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    with open(tmp, "wb") as f:
-        np.savez(f, **arrays)
-    os.replace(tmp, path)  # atomic: a killed run never leaves half a cache file
+    write_cache(path, lambda out: np.savez(out, **arrays))  # atomic and fsynced: never half a cache file
     return vocab, ids
 
 

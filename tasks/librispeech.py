@@ -35,6 +35,7 @@ import torch
 from torch import nn
 
 from suite.array_cache import cached_array, file_fingerprint
+from suite.config import Checked, bounded, seed_field
 from suite.errors import DataError, UserError
 from suite.fetch import file_digest
 from suite.registry import register_task
@@ -66,54 +67,47 @@ MIN_BPE_VOCAB = 32
 
 
 @dataclass(frozen=True)
-class LibriSpeechOptions:
+class LibriSpeechOptions(Checked):
     train_subset: str = "train-clean-100"
     valid_subset: str = "dev-clean"
     test_subset: str = "test-clean"
     copy_dir: str = ""
     """An existing LibriSpeech copy to read instead of downloading (holding LibriSpeech/<subset>/...)."""
-    stack: int = 3
+    stack: int = bounded(3, low=1)
     """Log-mel frames stacked into one recurrent step (x3: 30 ms per step)."""
     spec_augment: bool = True
     """SpecAugment's frequency and time masks on training features."""
-    batch_seconds: float = 120.0
+    batch_seconds: float = bounded(120.0, low=0, low_open=True)
     """Padded audio seconds per training batch (utterances of similar length are batched together)."""
-    dropout: float = 0.0
+    dropout: float = bounded(0.0, low=0, high=1, high_open=True)
     units: str = "chars"
     """CTC output units: "chars" (blank, space, apostrophe, A-Z) or "bpe" (a BPE vocabulary of the training
     transcripts, `bpe_vocab` symbols)."""
-    bpe_vocab: int = 256
+    bpe_vocab: int = bounded(256, low=MIN_BPE_VOCAB, why="specials, letters, apostrophe and the word mark")
     feature_cache: bool = True
     """Keep each split's log-mel frames in the data cache (float16, keyed by the audio files and the feature
     settings); off recomputes them from the audio every epoch."""
-    beam: int = 1
+    beam: int = bounded(1, low=1)
     """CTC decoding: 1 is greedy, more is flashlight's beam search of that width."""
     lm: str = ""
     """A KenLM language model (ARPA text) for the beam search; its unigrams are the words it may emit."""
-    lm_weight: float = 2.0
+    lm_weight: float = bounded(2.0, low=0)
     """Weight of the LM's log10 probability in a hypothesis score (torchaudio's default)."""
-    word_score: float = 0.0
+    word_score: float = bounded(0.0)
     """Score added per emitted word with an LM (negative favours fewer, longer words)."""
-    synthetic_utterances: int = 2_000
-    synthetic_eval_utterances: int = 200
-    synthetic_seed: int = 0
+    synthetic_utterances: int = bounded(2_000, low=1)
+    synthetic_eval_utterances: int = bounded(200, low=1)
+    synthetic_seed: int = seed_field()
 
     def __post_init__(self) -> None:
+        super().__post_init__()
         for name in (self.train_subset, self.valid_subset, self.test_subset):
             if name not in SUBSETS:
                 raise UserError(f"unknown LibriSpeech subset {name!r}: choose from {', '.join(SUBSETS)}")
-        if self.beam < 1:
-            raise UserError(f"options.beam must be >= 1, got {self.beam}")
         if self.lm and self.beam == 1:
             raise UserError("options.lm needs beam search: set options.beam to 2 or more (e.g. 32)")
         if self.units not in UNITS:
             raise UserError(f"unknown options.units {self.units!r}: choose from {', '.join(UNITS)}")
-        if self.bpe_vocab < MIN_BPE_VOCAB:
-            raise UserError(f"options.bpe_vocab must be >= {MIN_BPE_VOCAB} (specials, letters, apostrophe and "
-                            f"the word mark), got {self.bpe_vocab}")
-        if self.stack < 1 or self.batch_seconds <= 0 or min(self.synthetic_utterances,
-                                                            self.synthetic_eval_utterances) < 1:
-            raise UserError("options.stack and synthetic_*utterances must be >= 1, options.batch_seconds > 0")
 
 
 @register_task("librispeech")

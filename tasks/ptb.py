@@ -19,6 +19,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from baselines import detach_state
+from suite.config import Checked, bounded, seed_field
 from suite.errors import UserError
 from suite.fetch import RemoteFile, fetch, md5sum
 from suite.registry import register_task
@@ -47,19 +48,19 @@ _ZAREMBA_MEDIUM = {"backbone.hidden_size": 650, "backbone.num_layers": 2, "backb
 
 
 @dataclass(frozen=True)
-class PTBOptions:
-    emb_size: int = 200
-    bptt: int = 35
+class PTBOptions(Checked):
+    emb_size: int = bounded(200, low=1)
+    bptt: int = bounded(35, low=1)
     """Window length for truncated backpropagation through time (training and evaluation)."""
-    dropout: float = 0.0
+    dropout: float = bounded(0.0, low=0, high=1, high_open=True)
     """Dropout on the embeddings and on the backbone's output (Zaremba: 0.5 for medium)."""
     tie_weights: bool = False
     """Share the embedding and output matrices (needs emb_size == backbone output size)."""
-    init_range: float | None = None
+    init_range: float | None = bounded(None, low=0, low_open=True)
     """Every parameter uniform(-r, r) as in Zaremba et al.; None keeps the backbone's own init."""
-    synthetic_tokens: int = 600_000
+    synthetic_tokens: int = bounded(600_000, low=40, why="valid and test get a twentieth each, 2 tokens at least")
     """Training tokens of the synthetic source (valid and test get a twentieth each)."""
-    synthetic_seed: int = 0
+    synthetic_seed: int = seed_field()
     """Seed of the synthetic language (fixed across run seeds so that runs compare)."""
 
 
@@ -147,8 +148,19 @@ class PTB(Task):
         self.train_data = streams[self.shard(np.arange(train.batch_size))].to(self.device)  # this rank's rows
         self.eval_data = {s: batchify(self.tokens[s], train.eval_batch_size).to(self.device)
                           for s in ("valid", "test")}
-        if self.train_data.size(1) < 2 or any(d.size(1) < 2 for d in self.eval_data.values()):
-            raise UserError("a PTB split is shorter than one batch row: lower train.batch_size")
+        self._check_rows()
+
+    def _check_rows(self) -> None:
+        """Every batch row needs two tokens (an input and its target); name the batch size that is too large."""
+        train = self.cfg.train
+        if self.train_data.size(1) < 2:
+            raise UserError(f"the PTB train split ({self.tokens['train'].numel()} tokens) is shorter than "
+                            f"train.batch_size={train.batch_size} rows of 2 tokens: lower train.batch_size")
+        for split, data in self.eval_data.items():
+            if data.size(1) < 2:
+                raise UserError(f"the PTB {split} split ({self.tokens[split].numel()} tokens) is shorter than "
+                                f"train.eval_batch_size={train.eval_batch_size} rows of 2 tokens: lower "
+                                "train.eval_batch_size")
 
     def _real(self) -> dict[str, np.ndarray]:
         paths = {s: fetch(ORIGIN, FILES[s], "ptb") for s in SPLITS}

@@ -7,12 +7,11 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import sys
 
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 
-from suite.fetch import data_dir
+from suite.fetch import data_dir, write_cache
 
 SPECIALS = ("<pad>", "<unk>", "<s>", "</s>")
 PAD, UNK, BOS, EOS = range(4)  # ids of SPECIALS: the trainer adds them first, in this order
@@ -39,10 +38,8 @@ def cached_bpe(lines: list[str], vocab_size: int, key: str, alphabet: tuple[str,
         except Exception as exc:  # tokenizers raises its own exception types for a damaged file
             print(f"cached BPE model {path} is unreadable ({exc}): training it again", file=sys.stderr)
     tok = train_bpe(lines, vocab_size, alphabet)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tok.save(str(tmp))
-    os.replace(tmp, path)  # atomic, so parallel runs never read half a file
+    # Atomic and fsynced, so parallel runs never read half a file; `save`'s own format, through a string.
+    write_cache(path, lambda out: out.write(tok.to_str(pretty=True).encode("utf-8")))
     return tok
 
 

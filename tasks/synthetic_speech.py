@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import random
 import re
 import shutil
@@ -35,7 +34,7 @@ import torch
 import torchaudio.functional as AF
 
 from suite.errors import DataError
-from suite.fetch import data_dir
+from suite.fetch import data_dir, write_cache
 
 NUMBERS = ("TWO", "THREE", "FOUR", "FIVE", "SIX", "SEVEN", "EIGHT", "NINE", "TEN")
 COLOURS = ("RED", "GREEN", "BLUE", "YELLOW", "BLACK", "WHITE", "BROWN", "GREY")
@@ -207,15 +206,7 @@ def speak(text: str, voice: str, rate_wpm: int, pitch: int, wav: Path) -> np.nda
 
 
 def _save(path: Path, audio: list[np.ndarray], texts: list[str]) -> None:
-    """Write the set atomically (temp file then rename), so an interrupted run leaves no half file."""
-    path.parent.mkdir(parents=True, exist_ok=True)
+    """Write the set atomically and fsynced (temp file, rename, folder), so an interrupted run leaves no half file."""
     offsets = np.cumsum([0, *(len(a) for a in audio)]).astype(np.int64)
     pcm = np.concatenate(audio) if audio else np.zeros(0, np.int16)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            np.savez(f, audio=pcm, offsets=offsets, texts=np.array(texts, dtype=str))
-        os.replace(tmp, path)
-    except BaseException:
-        os.unlink(tmp)
-        raise
+    write_cache(path, lambda out: np.savez(out, audio=pcm, offsets=offsets, texts=np.array(texts, dtype=str)))

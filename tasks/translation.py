@@ -36,6 +36,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from suite.archives import extract
+from suite.config import Checked, bounded, seed_field
 from suite.decoding import decode
 from suite.errors import DataError, UserError
 from suite.fetch import RemoteFile, fetch
@@ -73,11 +74,11 @@ _PAPER = {"backbone.hidden_size": 512, "backbone.num_layers": 1, "options.emb_si
 
 
 @dataclass(frozen=True)
-class TranslationOptions:
-    emb_size: int = 128
+class TranslationOptions(Checked):
+    emb_size: int = bounded(128, low=1)
     attention: str = "additive"
     """additive (Bahdanau), multiplicative (Luong general) or none (the no-attention reference)."""
-    dropout: float = 0.0
+    dropout: float = bounded(0.0, low=0, high=1, high_open=True)
     """Dropout on embeddings and on the attentional state."""
     dataset: str = "multi30k"
     """Real source: multi30k, or parallel (files in parallel_dir)."""
@@ -85,40 +86,38 @@ class TranslationOptions:
     """Folder of {train,valid,test}.{src_lang,tgt_lang} for dataset=parallel."""
     src_lang: str = "de"
     tgt_lang: str = "en"
-    vocab_size: int = 8000
+    vocab_size: int = bounded(8000, low=8)
     """BPE vocabulary per tokenizer, special tokens included."""
     joint_bpe: bool = True
     """One BPE model over both sides (True) or one per side."""
-    max_train_tokens: int = 100
+    max_train_tokens: int = bounded(100, low=1)
     """Training pairs with more BPE tokens on either side are left out (evaluation keeps every pair)."""
-    beam: int = 1
+    beam: int = bounded(1, low=1)
     """Beam size at evaluation; 1 is greedy."""
-    length_penalty: float = 0.0
-    """GNMT length penalty alpha for ranking beam hypotheses."""
-    max_len_a: float = 1.5
-    max_len_b: int = 10
+    length_penalty: float = bounded(0.0, low=0)
+    """GNMT length penalty alpha for ranking beam hypotheses (0 = none; larger favours longer ones)."""
+    max_len_a: float = bounded(1.5, low=0)
+    max_len_b: int = bounded(10, low=1)
     """A hypothesis may have at most max_len_a * source tokens + max_len_b tokens."""
-    bucket_batches: int = 20
-    heatmaps: int = 4
+    bucket_batches: int = bounded(20, low=1)
+    heatmaps: int = bounded(4, low=0)
     """Validation sentences whose attention is saved as PNG next to the record."""
-    reference_units: int | None = None
+    reference_units: int | None = bounded(None, low=1)
     """Target tokens the no-attention twin trains for; None: the run's own budget (a fair line, twice the cost)."""
-    synthetic_pairs: int = 20_000
+    synthetic_pairs: int = bounded(20_000, low=1)
     """Training pairs of the synthetic source."""
-    synthetic_eval_pairs: int = 500
+    synthetic_eval_pairs: int = bounded(500, low=1)
     """Validation and test pairs of the synthetic source, each."""
-    synthetic_seed: int = 0
+    synthetic_seed: int = seed_field()
 
     def __post_init__(self) -> None:
+        super().__post_init__()
         if self.attention not in ATTENTIONS:
             raise UserError(f"options.attention must be one of {', '.join(ATTENTIONS)}, got {self.attention!r}")
         if self.dataset not in ("multi30k", "parallel"):
             raise UserError(f"options.dataset must be multi30k or parallel, got {self.dataset!r}")
         if self.src_lang == self.tgt_lang:
             raise UserError(f"options.src_lang and options.tgt_lang must differ, both are {self.src_lang!r}")
-        if self.beam < 1 or self.vocab_size < 8 or self.max_len_a < 0 or self.max_len_b < 1:
-            raise UserError("options.beam must be >= 1, options.vocab_size >= 8, options.max_len_a >= 0 and "
-                            "options.max_len_b >= 1")
 
 
 @dataclass

@@ -14,7 +14,7 @@ from matplotlib.figure import Figure
 from torch import nn
 
 from suite.decoding import greedy_search
-from suite.results import atomic_write_text
+from suite.durable import atomic_write_text
 from tasks.subwords import BOS, EOS
 from tasks.twin import twin_reference
 

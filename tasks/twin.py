@@ -4,7 +4,8 @@ trained through the one runner on the same data and evaluated like any run.
 The twin trains under the run's own budget (or for a fixed number of units), with the run's random
 state left untouched, and its metrics are cached under the data dir keyed by the twin's config digest,
 the task's version and metrics, the data checksum and a digest of the code that trains it, so that each
-(config, data, code) triple pays for it once and a variant reuses its parent's.
+(config, data, code) triple pays for it once and a variant reuses its parent's. A stop signal while it
+trains checkpoints it beside that cache entry, and the next run that needs the line continues from there.
 """
 from __future__ import annotations
 
@@ -13,18 +14,18 @@ import dataclasses
 import functools
 import hashlib
 import json
-import tempfile
+import shutil
 from pathlib import Path
 from typing import Any
 
 import torch
 
-from suite.config import Budget
+from suite.config import Budget, RunConfig
 from suite.distributed import World
+from suite.durable import atomic_write_text
 from suite.errors import UserError
-from suite.fetch import data_dir
+from suite.fetch import data_dir, file_lock
 from suite.registry import MODELS
-from suite.results import atomic_write_text
 from tasks.base import Task
 
 REFERENCE_VERSION = 2
@@ -50,14 +51,9 @@ def twin_reference(task: Task, changes: dict[str, Any], units: int | None, data_
     """{"name": task.reference_name, "valid": metrics, "test": metrics} of the task's model trained with
     `changes` applied to its options: for `units` training units, or under the run's own budget if None.
     A twin without a backbone names one `model` for every run, so that all of them share one cached line."""
-    # Imported here: suite.runner imports tasks (for the Task type), so a module-level import is circular.
-    from baselines import backbone_factory
-    from suite.runner import Trainer, evaluate, rng_state, seed_everything, set_rng_state
-
     budget = task.cfg.budget if units is None else Budget(max_units=units)
     # A variant of a run shares its reference: the key ignores what makes a variant.
-    # Every rank of a torchrun trains the same twin in full, in one process: the line and its cache entry are
-    # the one-process run's.
+    # Under torchrun the twin is the one-process run's: one rank trains it, the others read its cache entry.
     cfg = dataclasses.replace(task.cfg, options=dataclasses.replace(task.cfg.options, **changes), variant="dense",
                               model=model or task.cfg.model, world_size=1,
                               parent=None, finetune_units=0,
@@ -65,32 +61,40 @@ def twin_reference(task: Task, changes: dict[str, Any], units: int | None, data_
     key = json.dumps([REFERENCE_VERSION, task.version, sorted(task.metrics), cfg.digest(), data_checksum,
                       code_digest()])
     path = data_dir() / "references" / f"{task.name}-{hashlib.sha256(key.encode()).hexdigest()[:24]}.json"
-    if path.is_file():
-        return json.loads(path.read_text())
+    with file_lock(path):  # one process trains a line; others started beside it (sweep workers, ranks) read it
+        if path.is_file():
+            return json.loads(path.read_text())
+        return _train_twin(task, cfg, path)
+
+
+def _train_twin(task: Task, cfg: RunConfig, path: Path) -> dict[str, Any]:
+    """Train, score and cache the twin of `cfg`; its checkpoint sits beside the cache entry until then."""
+    # Imported here: suite.runner imports tasks (for the Task type), so a module-level import is circular.
+    from baselines import backbone_factory
+    from suite.runner import Trainer, evaluate, rng_state, seed_everything, set_rng_state
+
     twin = copy.copy(task)  # shares the prepared data, which training and evaluation only read
     twin.cfg, twin.world = cfg, World()
+    ckpt_dir = path.with_name(f"{path.stem}.checkpoint")
     saved = rng_state()  # the run's random streams (torch, CUDA, numpy, Python) come back untouched
     try:
-        with tempfile.TemporaryDirectory() as tmp:
-            seed_everything(cfg.seed)
-            model = twin.build(backbone_factory(MODELS[cfg.model], cfg.backbone, task.causal)).to(task.device)
-            trainer = Trainer(cfg, twin, model, task.device, Path(tmp), progress_bar=False)
-            outcome = trainer.run()
-            _check(outcome, task.reference_name)
-            model.load_state_dict(torch.load(trainer.best_path, map_location=task.device)["model"])
-            reference = {"name": task.reference_name,
-                         **{s: evaluate(twin, model, trainer.policy, s)[0] for s in ("valid", "test")}}
+        seed_everything(cfg.seed)
+        model = twin.build(backbone_factory(MODELS[cfg.model], cfg.backbone, task.causal)).to(task.device)
+        trainer = Trainer(cfg, twin, model, task.device, ckpt_dir, progress_bar=False)
+        _check(trainer.run(resume=trainer.last_path.exists()), task.reference_name)
+        model.load_state_dict(torch.load(trainer.best_path, map_location=task.device)["model"])
+        reference = {"name": task.reference_name,
+                     **{s: evaluate(twin, model, trainer.policy, s)[0] for s in ("valid", "test")}}
     finally:
         set_rng_state(saved)
     path.parent.mkdir(parents=True, exist_ok=True)
     atomic_write_text(path, json.dumps(reference))
+    shutil.rmtree(ckpt_dir, ignore_errors=True)
     return reference
 
 
 def _check(outcome: Any, name: str) -> None:
-    """Only a finished twin is a reference: a signal ends the whole run, a divergence is an error."""
-    if outcome.status == "interrupted":
-        raise KeyboardInterrupt(f"interrupted while training the {name} reference line")
+    """Only a finished twin is a reference: a divergence is an error (a signal raised Interrupted already)."""
     if outcome.status not in ("completed", "budget_exhausted"):
         raise UserError(f"the {name} reference line {outcome.status} ({outcome.stopped_by}): "
                         "lower train.lr or raise the reference's unit count, then run again")

@@ -41,6 +41,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from suite.array_cache import file_fingerprint
+from suite.config import Checked, bounded, seed_field
 from suite.errors import DataError, UserError
 from suite.features import ENCODERS, GridEncoder, cached_features
 from suite.registry import register_task
@@ -66,53 +67,47 @@ _PAPER = {"backbone.hidden_size": 256, "backbone.num_layers": 1, "options.frames
 
 
 @dataclass(frozen=True)
-class VideoOptions:
+class VideoOptions(Checked):
     dataset: str = "ucf101"
     """Real source: ucf101 (single-label) or csv (multi-label, `tags_csv` and `video_dir`)."""
     copy_dir: str = ""
     """An existing UCF101 copy (holding UCF-101/ and ucfTrainTestlist/) instead of downloading."""
-    ucf101_split: int = 1
+    ucf101_split: int = bounded(1, low=1, high=3)
     """Which of UCF101's three official train/test splits."""
     tags_csv: str = ""
     video_dir: str = ""
-    valid_fraction: float = 0.1
+    valid_fraction: float = bounded(0.1, low=0, high=1, low_open=True, high_open=True)
     """UCF101: the share of training groups held out for validation."""
-    split_seed: int = 0
-    frames: int = 16
-    image_size: int = 224
+    split_seed: int = seed_field()
+    frames: int = bounded(16, low=1)
+    image_size: int = bounded(224, low=32, why="the ResNet's total stride")
     encoder: str = "resnet50"
     download_weights: bool = True
     """Fetch the encoder's ImageNet weights when torch's cache lacks them (offline: a seeded random init,
     which the record says)."""
     finetune_cnn: bool = False
     """Train the encoder's last stage end to end (frames are then decoded at every step: far slower)."""
-    train_views: int = 2
+    train_views: int = bounded(2, low=1)
     """Cached random samplings of each training clip; each epoch uses one of them per clip."""
     pooling: str = "mean"
     """Over the backbone's outputs: last (final state, both directions for brnn), mean or attention."""
-    dropout: float = 0.0
+    dropout: float = bounded(0.0, low=0, high=1, high_open=True)
     order_free: bool = False
     """Leave the backbone out and average the frame features: the order-free reference line."""
-    reference_units: int | None = None
+    reference_units: int | None = bounded(None, low=1)
     """Clips the order-free twin trains for; None: the run's own budget."""
-    synthetic_clips: int = 2_000
-    synthetic_eval_clips: int = 300
-    synthetic_seed: int = 0
+    synthetic_clips: int = bounded(2_000, low=1)
+    synthetic_eval_clips: int = bounded(300, low=1)
+    synthetic_seed: int = seed_field()
 
     def __post_init__(self) -> None:
+        super().__post_init__()
         if self.dataset not in ("ucf101", "csv"):
             raise UserError(f"options.dataset must be ucf101 or csv, got {self.dataset!r}")
         if self.encoder not in ENCODERS:
             raise UserError(f"options.encoder must be one of {', '.join(ENCODERS)}, got {self.encoder!r}")
         if self.pooling not in POOLINGS:
             raise UserError(f"options.pooling must be one of {', '.join(POOLINGS)}, got {self.pooling!r}")
-        if self.ucf101_split not in (1, 2, 3):
-            raise UserError(f"options.ucf101_split must be 1, 2 or 3, got {self.ucf101_split}")
-        if min(self.frames, self.train_views, self.synthetic_clips, self.synthetic_eval_clips) < 1 \
-                or self.image_size < 32:
-            raise UserError("options.frames, train_views and synthetic_*clips must be >= 1, options.image_size >= 32")
-        if not 0 < self.valid_fraction < 1 or not 0 <= self.dropout < 1:
-            raise UserError("options.valid_fraction must be in (0, 1) and options.dropout in [0, 1)")
 
 
 @register_task("video")

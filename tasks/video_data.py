@@ -12,11 +12,9 @@ group (gXX) share actors and background, so validation is carved from the offici
 from __future__ import annotations
 
 import csv
-import os
 import re
 import shutil
 import subprocess
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -25,7 +23,7 @@ import numpy as np
 import torch
 from av.video.reformatter import VideoReformatter
 
-from suite.archives import MARKER, extract
+from suite.archives import MARKER, extract, finish, remove_stale_staging, staging_folder
 from suite.errors import DataError, UserError
 from suite.fetch import RemoteFile, data_dir, fetch, file_lock
 
@@ -182,20 +180,18 @@ def _rar_command(tool: str, archive: Path, into: Path) -> list[str]:
 
 
 def _extract_rar(archive: Path, target: Path) -> None:
-    """Unpack UCF101.rar with the first tool on PATH that yields `UCF-101/`; as suite.archives does, into a
-    staging folder that is marked and renamed into place only when finished."""
-    target.parent.mkdir(parents=True, exist_ok=True)
+    """Unpack UCF101.rar with the first tool on PATH that yields `UCF-101/`; under `file_lock(target)` and, as
+    suite.archives does, into a staging folder that is synced, marked and renamed into place only when finished."""
+    remove_stale_staging(target)  # a killed extraction's, up to 6.5 GB
     failures = []
     for tool in filter(None, map(shutil.which, RAR_TOOLS)):
-        staging = Path(tempfile.mkdtemp(dir=target.parent, prefix=f".{target.name}."))
+        staging = staging_folder(target)
         try:
             # stdin closed: a tool that would ask a question (overwrite, password) fails instead of hanging.
             done = subprocess.run(_rar_command(tool, archive, staging), stdin=subprocess.DEVNULL,
                                   capture_output=True, text=True, check=False)
             if done.returncode == 0 and (staging / "UCF-101").is_dir():
-                (staging / MARKER).touch()
-                shutil.rmtree(target, ignore_errors=True)  # a half extraction left by a killed run
-                os.replace(staging, target)
+                finish(staging, target)
                 return
             said = (done.stderr.strip() or done.stdout.strip() or "no message").splitlines()[-1].strip()
             failures.append(f"{Path(tool).name} left no UCF-101/ folder" if done.returncode == 0

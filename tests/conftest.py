@@ -5,7 +5,7 @@ import functools
 import http.server
 import socket
 import threading
-from collections import Counter
+from collections import Counter, defaultdict
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -13,25 +13,32 @@ import pytest
 
 
 class Origin:
-    """A real HTTP server over a folder in the official layout that counts requests per path
-    and serves a truncated body for the next `damage[path]` requests of that path."""
+    """A real HTTP server over a folder in the official layout that counts requests per path,
+    serves a truncated body (with its own, shorter Content-Length) for the next `damage[path]` requests of
+    that path, and breaks the next requests of a path as `faults[path]` lists, one fault per request. After
+    half the body a fault closes the connection with the full Content-Length declared ("short": http.client's
+    read(n) then returns b"" silently), closes it inside a chunked body ("chunked-short": http.client raises
+    IncompleteRead), or waits until the test ends ("stall": a download in progress, for a test to kill)."""
 
     def __init__(self, root: Path) -> None:
         self.root = root
         self.requests: Counter[str] = Counter()
         self.damage: Counter[str] = Counter()
+        self.faults: defaultdict[str, list[str]] = defaultdict(list)
+        self.released = threading.Event()  # ends every stalled reply
         self._lock = threading.Lock()  # the server answers each request on its own thread
         handler = functools.partial(_Handler, self, directory=str(root))
         self.server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
         self.url = f"http://127.0.0.1:{self.server.server_port}"
 
-    def record(self, relpath: str) -> bool:
-        """Count one request of `relpath`; True if this one is to be served damaged."""
+    def record(self, relpath: str) -> str | None:
+        """Count one request of `relpath`; how to serve it: "damage", a fault, or None (whole)."""
         with self._lock:
             self.requests[relpath] += 1
-            damaged = self.damage[relpath] > 0
-            self.damage[relpath] -= damaged
-            return damaged
+            if self.damage[relpath] > 0:
+                self.damage[relpath] -= 1
+                return "damage"
+            return self.faults[relpath].pop(0) if self.faults[relpath] else None
 
 
 class _Handler(http.server.SimpleHTTPRequestHandler):
@@ -41,14 +48,24 @@ class _Handler(http.server.SimpleHTTPRequestHandler):
 
     def do_GET(self) -> None:
         relpath = self.path.lstrip("/")
-        if not self.origin.record(relpath):
+        how = self.origin.record(relpath)
+        if how is None:
             return super().do_GET()
         good = (self.origin.root / relpath).read_bytes()
-        body = good[: len(good) // 2]
+        half = good[: len(good) // 2]
         self.send_response(200)
-        self.send_header("Content-Length", str(len(body)))
-        self.end_headers()
-        self.wfile.write(body)
+        if how == "chunked-short":
+            self.send_header("Transfer-Encoding", "chunked")
+            self.end_headers()
+            self.wfile.write(b"%x\r\n" % len(good) + half)  # one chunk declared whole, cut at half
+        else:
+            self.send_header("Content-Length", str(len(half if how == "damage" else good)))
+            self.end_headers()
+            self.wfile.write(half)
+        self.wfile.flush()
+        if how == "stall":
+            self.origin.released.wait(timeout=60)
+        self.close_connection = True
 
     def log_message(self, *args) -> None:
         """Silent: request lines would only clutter pytest output."""
@@ -69,6 +86,7 @@ def serve() -> Iterator[Callable[[Path], Origin]]:
 
     yield start
     for server, thread in running:
+        server.released.set()
         server.server.shutdown()
         server.server.server_close()
         thread.join()

@@ -88,7 +88,8 @@ def test_run_then_show(tmp_path):
 
 def test_diverged_run_exits_1_and_keeps_a_record(tmp_path):
     proc = suite("run", "--task", "ptb", "--model", "gru", "--source", "synthetic", "--budget", "smoke",
-                 "--results", str(tmp_path), "--set", "train.lr=1e309", "--set", "options.synthetic_tokens=20000")
+                 "--results", str(tmp_path), "--set", "train.optimizer=sgd", "--set", "train.lr=3e38",
+                 "--set", "options.synthetic_tokens=20000")
     assert proc.returncode == 1 and "NaN/inf" in proc.stderr
     (path,) = (tmp_path / "ptb" / "gru").glob("*.json")
     assert load_record(path)["status"] == "diverged"

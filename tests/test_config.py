@@ -44,11 +44,11 @@ def test_paper_preset_is_zaremba_medium():
 
 
 @pytest.mark.parametrize("key, message", [
-    ("budget.max_seconds=-1", "budget.max_seconds must be positive"),
+    ("budget.max_seconds=-1", "budget.max_seconds must be a number > 0 or None, got -1.0"),
     ("train.optimizer=rmsprop", "train.optimizer must be 'sgd' or 'adam'"),
-    ("backbone.dropout=1.0", r"backbone.dropout must be in \[0, 1\)"),
+    ("backbone.dropout=1.0", r"backbone.dropout must be a number in \[0, 1\), got 1.0"),
     ("backbone.cell=tcn", "backbone.cell must be rnn, lstm or gru"),
-    ("train.lr_decay=2.0", r"train.lr_decay must be in \(0, 1\]"),
+    ("train.lr_decay=2.0", r"train.lr_decay must be a number in \(0, 1\], got 2.0"),
 ])
 def test_bad_values_are_refused_with_the_key(key, message):
     with pytest.raises(UserError, match=message):

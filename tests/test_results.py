@@ -19,7 +19,8 @@ def record_file(tmp_path_factory):
 def test_record_round_trips_and_carries_what_the_issue_lists(record_file):
     raw = json.loads(record_file.read_text())
     assert load_record(record_file) == raw
-    assert raw["schema_version"] == 2 and raw["status"] == "completed" and raw["stopped_by"] == "max_units"
+    assert raw["schema_version"] == 3 and raw["status"] == "completed" and raw["stopped_by"] == "max_units"
+    assert raw["stage"] is None and raw["non_finite"] == []
     assert raw["config"]["model"] == "gru" and raw["config"]["backbone"]["hidden_size"] == 16
     assert raw["data"]["synthetic"] is True and set(raw["data"]["checksums"]) == {"train", "valid", "test"}
     assert raw["metrics"]["test"]["ppl"] > 0 and raw["learning_curve"][-1]["units"] == raw["budget_used"]["units"]
@@ -48,7 +49,7 @@ def test_corrupt_and_invalid_records_are_refused(record_file, tmp_path):
     data = json.loads(record_file.read_text())
     data["schema_version"] = 99
     bad.write_text(json.dumps(data))
-    with pytest.raises(UserError, match="schema version 99, this seqsuite reads 1..2: upgrade seqsuite"):
+    with pytest.raises(UserError, match="schema version 99, this seqsuite reads 1..3: upgrade seqsuite"):
         load_record(bad)
     with pytest.raises(UserError, match="no result record at"):
         load_record(tmp_path / "missing.json")
@@ -57,8 +58,11 @@ def test_corrupt_and_invalid_records_are_refused(record_file, tmp_path):
 def test_write_is_atomic_and_stores_non_finite_as_null(record_file, tmp_path):
     data = json.loads(record_file.read_text())
     data["metrics"]["valid"]["ppl"] = math.nan
+    data["learning_curve"][0]["train_loss"] = -math.inf
     out = write_record(data, tmp_path / "r.json")
-    assert json.loads(out.read_text())["metrics"]["valid"]["ppl"] is None
+    strict = json.loads(out.read_text(), parse_constant=lambda token: pytest.fail(f"{token} in a record"))
+    assert strict["metrics"]["valid"]["ppl"] is None and strict["learning_curve"][0]["train_loss"] is None
+    assert strict["non_finite"] == ["/learning_curve/0/train_loss", "/metrics/valid/ppl"]  # the reason for each null
     assert [p.name for p in tmp_path.iterdir()] == ["r.json"]  # no temporary file left behind
     data["run_id"] = ""
     with pytest.raises(ValueError, match="run_id"):
@@ -68,12 +72,23 @@ def test_write_is_atomic_and_stores_non_finite_as_null(record_file, tmp_path):
 def test_version_1_records_load_through_the_migration(record_file, tmp_path):
     v1 = json.loads(record_file.read_text())
     v1["schema_version"] = 1
-    del v1["model"]["size_bytes"]
+    del v1["model"]["size_bytes"], v1["stage"], v1["non_finite"]
     for key in ("reference_units_per_s", "normalized"):
         del v1["throughput"][key]
     old = tmp_path / "old.json"
     old.write_text(json.dumps(v1))
     record = load_record(old)
-    assert record["schema_version"] == 2 and record["model"]["size_bytes"] is None
+    assert record["schema_version"] == 3 and record["model"]["size_bytes"] is None and record["stage"] is None
     assert record["throughput"]["normalized"] is None and record["metrics"] == v1["metrics"]
     assert json.loads(old.read_text())["schema_version"] == 1  # migration happens in memory only
+
+
+@pytest.mark.parametrize("token", ["NaN", "Infinity", "-Infinity"])
+def test_a_foreign_records_non_finite_tokens_read_as_null(record_file, tmp_path, token):
+    """Python's json writes NaN and Infinity by default; such a record must not bring them into the suite."""
+    text = record_file.read_text()
+    value = json.loads(text)["metrics"]["test"]["ppl"]
+    foreign = tmp_path / "foreign.json"
+    foreign.write_text(text.replace(f'"ppl": {json.dumps(value)}', f'"ppl": {token}', 1))
+    assert token in foreign.read_text()
+    assert load_record(foreign)["metrics"]["test"]["ppl"] is None

@@ -33,7 +33,10 @@ def test_unit_limit_stops_at_the_first_step_past_it(tmp_path):
     per_step = 4 * 10  # batch 4 x bptt 10
     assert out.status == "completed" and out.stopped_by == "max_units"
     assert out.progress.units == math.ceil(1000 / per_step) * per_step and out.progress.steps == 25
-    assert trainer.best_path.exists() and not trainer.last_path.exists()
+    # The end of training is checkpointed, so that a run stopped in its final evaluation resumes from there.
+    end = torch.load(trainer.last_path, weights_only=False)["progress"]
+    assert trainer.best_path.exists() and end["units"] == out.progress.units and end["steps"] == 25
+    assert end["last_eval_units"] < out.progress.last_eval_units == out.progress.units  # taken before that eval
 
 
 def test_time_limit_with_a_fake_clock(tmp_path):
@@ -56,7 +59,7 @@ def test_epoch_limit_decays_lr_per_epoch_and_evaluates_each_epoch(tmp_path):
 
 
 def test_nan_loss_ends_as_diverged(tmp_path):
-    _, out = train(tmp_path, "train.lr=1e309", "budget.max_units=5000", "budget.max_seconds=None")
+    _, out = train(tmp_path, "train.optimizer=sgd", "train.lr=3e38", "budget.max_units=5000", "budget.max_seconds=None")
     assert out.status == "diverged" and out.stopped_by == "non-finite loss"
     assert out.progress.steps < 5
 
