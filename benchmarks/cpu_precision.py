@@ -17,9 +17,9 @@ import common
 import torch
 
 from suite import compress
-from suite.experiment import LATENCY_SHAPE
 from suite.precision import PrecisionPolicy
 from suite.runner import evaluate
+from suite.variant_run import LATENCY_SHAPE
 
 DEFAULT_UNITS = {"smoke": 16_000, "2x200": 10_500}  # 100 steps of 8x20 tokens; 15 steps of 20x35
 # Training before quantizing, by tokens so that the perplexities do not depend on the machine. The 2x200

@@ -112,7 +112,7 @@ def cmd_sweep(args: argparse.Namespace) -> int:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
-    from suite import distributed, experiment
+    from suite import distributed, experiment, variant_run
 
     task_cls, model_cls = registry.get("task", args.task), registry.get("model", args.model)
     experiment.check_applicable(task_cls, model_cls)
@@ -130,11 +130,11 @@ def cmd_run(args: argparse.Namespace) -> int:
         path = experiment.record_file(args.results, cfg)
         start = functools.partial(experiment.run, cfg, args.results, progress_bar=bar, **flags)
     else:
-        parent, parent_path = experiment.find_parent(cfg, args.results, args.parent)
-        variant = experiment.variant_config(experiment.parent_config(parent), parent["run_id"], args.variant,
+        parent, parent_path = variant_run.find_parent(cfg, args.results, args.parent)
+        variant = variant_run.variant_config(variant_run.parent_config(parent), parent["run_id"], args.variant,
                                             args.finetune_units)
         path = experiment.record_file(args.results, variant)
-        start = functools.partial(experiment.run_variant, args.variant, args.finetune_units, parent, parent_path,
+        start = functools.partial(variant_run.run_variant, args.variant, args.finetune_units, parent, parent_path,
                                   args.results, progress_bar=bar, **flags)
     done = experiment.finished_record(path)
     if done is not None and not args.rerun:

@@ -27,7 +27,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from suite import experiment, registry
+from suite import experiment, registry, variant_run
 from suite.config import BUDGETS, PRECISIONS, SOURCES, VARIANTS, RunConfig, build_config
 from suite.errors import UserError
 from suite.results import FINISHED
@@ -49,7 +49,7 @@ class Run:
     def run_id(self) -> str:
         if self.variant == "dense":
             return self.cfg.run_id
-        return experiment.variant_config(self.cfg, self.cfg.run_id, self.variant).run_id
+        return variant_run.variant_config(self.cfg, self.cfg.run_id, self.variant).run_id
 
     @property
     def procs(self) -> int:

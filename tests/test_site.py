@@ -14,7 +14,7 @@ from matplotlib import rc_context
 from matplotlib.colors import to_hex
 from tiny import tiny_config
 
-from suite import experiment, leaderboard, plots, site
+from suite import experiment, leaderboard, plots, site, variant_run
 from suite.results import load_record, record_path, write_record
 
 CHROMIUM = Path("/usr/lib/chromium/chromium")
@@ -57,8 +57,8 @@ def built(tmp_path_factory):
             parent, parent_path = experiment.run(_tiny("lstm"), results, progress_bar=False)
             experiment.run(_tiny("lstm", 2), results, progress_bar=False)
             gru, _ = experiment.run(_tiny("gru"), results, progress_bar=False)
-        experiment.run_variant("prune-magnitude-50", 0, parent, parent_path, results, progress_bar=False)
-        experiment.run_variant("quant-dynamic-int8", 0, parent, parent_path, results, progress_bar=False)
+        variant_run.run_variant("prune-magnitude-50", 0, parent, parent_path, results, progress_bar=False)
+        variant_run.run_variant("quant-dynamic-int8", 0, parent, parent_path, results, progress_bar=False)
     finally:
         torch.set_num_threads(threads)
     evil = _copy_as(gru, EVIL_RUN, model__name=EVIL, config__model=EVIL)

@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 from tiny import TASK_TINY, prepared, task_param, tiny_config
 
-from suite import experiment
+from suite import experiment, variant_run
 from suite.compare import compare
 from suite.config import BUDGETS, build_config
 from suite.leaderboard import build_export, stat
@@ -87,7 +87,7 @@ def test_variants_write_their_own_record_against_the_parent(dense: tuple, varian
                                                             monkeypatch: pytest.MonkeyPatch) -> None:
     task_name, results, parent, parent_path = dense
     monkeypatch.setenv("SUITE_DATA_DIR", str(results / "cache"))
-    record, path = experiment.run_variant(variant, 0, parent, parent_path, results, progress_bar=False)
+    record, path = variant_run.run_variant(variant, 0, parent, parent_path, results, progress_bar=False)
     v, primary = record["variant"], record["task"]["primary_metric"]
     assert path != parent_path and v["parent_run_id"] == parent["run_id"] and record["config"]["variant"] == variant
     delta = record["metrics"]["test"][primary] - parent["metrics"]["test"][primary]

@@ -236,7 +236,7 @@ def test_it_trains_under_the_mixed_precision_policies(task_name: str, precision:
 def test_the_record_carries_both_counts_the_context_and_the_reference_mark(tmp_path) -> None:
     from tiny import tiny_config
 
-    from suite import experiment
+    from suite import experiment, variant_run
     from suite.results import load_record
 
     cfg = tiny_config("transformer", "budget.max_units=400", "budget.max_seconds=None")
@@ -249,6 +249,6 @@ def test_the_record_carries_both_counts_the_context_and_the_reference_mark(tmp_p
     assert backbone["context_steps"] == cfg.options.bptt  # evaluated with the previous window as context
     assert model["params"] > backbone["backbone_params"]  # the embeddings and the output layer come on top
     # An int8 variant of it keeps the parent's counts (its Linear weights are packed, not parameters).
-    variant, _ = experiment.run_variant("quant-dynamic-int8", 0, record, path, tmp_path, progress_bar=False)
+    variant, _ = variant_run.run_variant("quant-dynamic-int8", 0, record, path, tmp_path, progress_bar=False)
     assert variant["model"]["architecture"] == model["architecture"] and variant["model"]["reference_model"]
     assert variant["variant"]["size_bytes"] < variant["variant"]["parent_size_bytes"]

@@ -4,7 +4,7 @@ from tiny import prepared, tiny_config
 from torch import nn
 from torch.nn.utils import prune
 
-from suite import experiment
+from suite import experiment, variant_run
 from suite.config import config_from_dict
 from suite.errors import UserError
 from tasks.ptb import PTB
@@ -36,7 +36,7 @@ def independent_prune(parent, amount, results):
 def test_prune_matches_an_independent_pruning_and_links_the_parent(parents):
     results, found = parents
     parent, parent_path = found["lstm"]
-    record, path = experiment.run_variant("prune-magnitude-70", 0, parent, parent_path, results, progress_bar=False)
+    record, path = variant_run.run_variant("prune-magnitude-70", 0, parent, parent_path, results, progress_bar=False)
     task, model, weights = independent_prune(parent, 0.7, results)
     zeros = sum(int((getattr(m, n) == 0).sum()) for m, n in weights)
     total = sum(getattr(m, n).numel() for m, n in weights)
@@ -54,7 +54,7 @@ def test_prune_matches_an_independent_pruning_and_links_the_parent(parents):
 def test_fine_tuning_keeps_the_mask(parents):
     results, found = parents
     parent, parent_path = found["lstm"]
-    record, _ = experiment.run_variant("prune-magnitude-50", 400, parent, parent_path, results, progress_bar=False)
+    record, _ = variant_run.run_variant("prune-magnitude-50", 400, parent, parent_path, results, progress_bar=False)
     assert record["budget_used"]["units"] >= 400 and record["variant"]["finetune_units"] == 400
     assert record["variant"]["sparsity"] == pytest.approx(0.5, abs=1e-3)  # zeros stayed zeros while training
     assert record["learning_curve"] and record["status"] == "completed"
@@ -64,13 +64,13 @@ def test_fine_tuning_keeps_the_mask(parents):
 def test_dynamic_int8(parents):
     results, found = parents
     lstm, lstm_path = found["lstm"]
-    record, _ = experiment.run_variant("quant-dynamic-int8", 0, lstm, lstm_path, results, progress_bar=False)
+    record, _ = variant_run.run_variant("quant-dynamic-int8", 0, lstm, lstm_path, results, progress_bar=False)
     v = record["variant"]
     decoder_bytes = 4 * 16 * 10_000  # the fp32 output layer, which int8 stores in a quarter of the bytes
     assert v["parent_size_bytes"] - v["size_bytes"] > 0.7 * decoder_bytes and v["notes"] == []
     assert abs(v["quality_delta"]["test/ppl"]) < 0.05 * lstm["metrics"]["test"]["ppl"]
     rnn, rnn_path = found["rnn"]
-    record, _ = experiment.run_variant("quant-dynamic-int8", 0, rnn, rnn_path, results, progress_bar=False)
+    record, _ = variant_run.run_variant("quant-dynamic-int8", 0, rnn, rnn_path, results, progress_bar=False)
     assert "Elman (nn.RNN) layers: they stay fp32" in record["variant"]["notes"][0]
 
 
@@ -78,6 +78,6 @@ def test_missing_or_unfinished_parent_is_refused(parents, tmp_path):
     results, found = parents
     cfg = tiny_config("gru", "budget.max_units=3000", "budget.max_seconds=None")
     with pytest.raises(UserError, match="no dense parent record at .*run the same command without --variant"):
-        experiment.find_parent(cfg, results, None)
+        variant_run.find_parent(cfg, results, None)
     record, path = found["lstm"]
-    assert experiment.find_parent(config_from_dict(record["config"], PTB.Options), results, None)[1] == path
+    assert variant_run.find_parent(config_from_dict(record["config"], PTB.Options), results, None)[1] == path
